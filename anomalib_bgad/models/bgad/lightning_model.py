@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -281,6 +281,18 @@ class Bgad(AnomalibModule):
             return optimizer
         scheduler = CosineAnnealingLR(optimizer, T_max=max(1, max_epochs), eta_min=self.learning_rate * 1e-3)
         return [optimizer], [scheduler]
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC/F1, pixel AUROC/F1 and AUPRO (FPR limit 0.3), the paper's metrics."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+        ]
+        return Evaluator(test_metrics=test_metrics)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

