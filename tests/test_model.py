@@ -1,0 +1,168 @@
+"""BGAD torch model and Lightning module: flows, phases, boundary state, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad.lightning_model import downsample_mask
+from anomalib_bgad.models.bgad.torch_model import BgadModel, ConditionalFlow, PositionalSubnet
+
+
+@pytest.fixture(scope="module")
+def small_model() -> BgadModel:
+    torch.manual_seed(0)
+    return BgadModel(coupling_blocks=2)
+
+
+def test_subnet_equals_one_linear_over_features_and_condition() -> None:
+    torch.manual_seed(0)
+    flow = ConditionalFlow(channels=6, condition_dim=8, coupling_blocks=1, clamp_alpha=1.9, permute_soft=True)
+    subnet: PositionalSubnet = flow.inn.module_list[0].subnet
+    features = torch.randn(2 * 12, 3)
+    grid = torch.randn(12, 8)
+    flow.grid.conditions = grid
+    fast = subnet(features)
+    flow.grid.positions = torch.arange(12).repeat(2)
+    gathered = subnet(features)
+    flow.grid.conditions = flow.grid.positions = None
+    # Reference: the unsplit subnet Linear(in, 2 in) -> ReLU -> Linear over the concatenation.
+    weight = torch.cat([subnet.feature_layer.weight, subnet.condition_layer.weight], dim=1)
+    hidden = torch.relu(torch.cat([features, grid.repeat(2, 1)], dim=1) @ weight.T + subnet.feature_layer.bias)
+    reference = subnet.output_layer(hidden)
+    torch.testing.assert_close(fast, reference)
+    torch.testing.assert_close(gathered, reference)
+    assert subnet.feature_layer.in_features == 3
+    assert subnet.feature_layer.out_features == 2 * (3 + 8)
+    with pytest.raises(RuntimeError, match="ConditionalFlow"):
+        subnet(features)
+
+
+def test_shuffled_fibers_get_the_same_likelihood_as_whole_maps(small_model: BgadModel) -> None:
+    features = torch.randn(2, 24, 8, 8)
+    fibers = small_model.to_fibers(features)
+    whole = small_model.fiber_log_likelihood(0, fibers, (8, 8))
+    order = torch.randperm(fibers.shape[0])
+    positions = torch.arange(64).repeat(2)
+    shuffled = small_model.fiber_log_likelihood(0, fibers[order], (8, 8), positions[order])
+    torch.testing.assert_close(shuffled, whole[order])
+    # Moving a fiber to another position changes its likelihood: the condition is used.
+    moved = small_model.fiber_log_likelihood(0, fibers, (8, 8), positions.roll(1))
+    assert not torch.allclose(moved, whole)
+
+
+def test_eval_returns_inference_batch_and_train_returns_level_maps(small_model: BgadModel) -> None:
+    images = torch.randn(2, 3, 64, 64)
+    small_model.eval()
+    with torch.no_grad():
+        output = small_model(images)
+    assert isinstance(output, InferenceBatch)
+    assert output.anomaly_map.shape == (2, 1, 64, 64)
+    assert output.pred_score.shape == (2,)
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(-3, -2, -1)))
+    small_model.train()
+    maps = small_model(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 16), (2, 8, 8), (2, 4, 4)]
+    assert maps[0].requires_grad
+    # The backbone never leaves eval mode (its BatchNorm statistics stay frozen).
+    assert not small_model.feature_extractor.backbone.training
+    small_model.eval()
+
+
+def test_score_moves_with_the_boundary_by_exactly_its_shift(small_model: BgadModel) -> None:
+    images = torch.randn(1, 3, 64, 64)
+    small_model.eval()
+    with torch.no_grad():
+        before = small_model(images).pred_score
+        small_model.normal_boundary += 0.25
+        after = small_model(images).pred_score
+        small_model.normal_boundary -= 0.25
+    torch.testing.assert_close(after - before, torch.tensor([0.25]), atol=1e-5, rtol=0)
+
+
+def test_downsample_mask_is_nearest_and_fiber_ordered() -> None:
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[1, :4, :4] = True
+    flat = downsample_mask(mask, (2, 2), batch_size=2)
+    assert flat.tolist() == [False, False, False, False, True, False, False, False]
+    assert downsample_mask(None, (2, 2), batch_size=3).sum() == 0
+    assert downsample_mask(None, (2, 2), batch_size=3).numel() == 12
+
+
+def test_invalid_init_args_are_rejected() -> None:
+    with pytest.raises(ValueError, match="phase1_epochs"):
+        Bgad(phase1_epochs=-1, coupling_blocks=1)
+    with pytest.raises(ValueError, match="fiber_batch_size"):
+        Bgad(fiber_batch_size=0, coupling_blocks=1)
+    with pytest.raises(ValueError, match="condition_vector"):
+        BgadModel(condition_vector=30, coupling_blocks=1)
+
+
+class _LossRecorder:
+    """Collect the epoch-level logged loss terms of a fit."""
+
+    def __init__(self) -> None:
+        from lightning.pytorch import Callback
+
+        recorder = self
+
+        class _Callback(Callback):
+            def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+                metrics = trainer.callback_metrics
+                recorder.epochs.append({k: float(v) for k, v in metrics.items() if k.startswith("train_")})
+
+        self.epochs: list[dict[str, float]] = []
+        self.callback = _Callback()
+
+
+@pytest.mark.slow
+def test_phase_switch_and_boundary_checkpoint_round_trip(
+    tiny_mvtec_root: Path,
+    small_bgad_kwargs: dict,
+    tmp_path: Path,
+) -> None:
+    from anomalib.engine import Engine
+
+    from anomalib_bgad.data import FewAnomalyMVTecAD
+
+    datamodule = FewAnomalyMVTecAD(
+        root=tiny_mvtec_root,
+        category="brick",
+        n_anomalies=2,
+        pseudo_anomalies=0,
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        seed=3,
+    )
+    model = Bgad(phase1_epochs=1, **small_bgad_kwargs)
+    recorder = _LossRecorder()
+    engine = Engine(
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[recorder.callback],
+        logger=False,
+        enable_progress_bar=False,
+        seed=3,
+    )
+    engine.fit(model, datamodule=datamodule)
+
+    phase1, phase2 = recorder.epochs
+    assert phase1["train_pull_loss"] == 0.0
+    assert phase1["train_push_loss"] == 0.0
+    assert phase2["train_pull_loss"] > 0.0
+    assert phase2["train_push_loss"] > 0.0  # the labeled anomalies are pushed in phase 2 only
+
+    boundary = model.model.normal_boundary.clone()
+    assert torch.isfinite(boundary).all()
+    assert (boundary != 0).all()
+    checkpoint = next(Path(tmp_path).rglob("*.ckpt"))
+    restored = Bgad.load_from_checkpoint(checkpoint, map_location="cpu")
+    torch.testing.assert_close(restored.model.normal_boundary, boundary)
+    assert restored.phase1_epochs == 1
