@@ -111,7 +111,7 @@ class _LossRecorder:
         recorder = self
 
         class _Callback(Callback):
-            def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            def on_train_epoch_end(self, trainer, pl_module) -> None:
                 metrics = trainer.callback_metrics
                 recorder.epochs.append({k: float(v) for k, v in metrics.items() if k.startswith("train_")})
 
