@@ -1,0 +1,511 @@
+"""Shared behaviour of the few-anomaly datamodules (MVTec AD, BTAD, Folder).
+
+Each class is a thin layer over anomalib's datamodule of the same format: anomalib parses the folders
+and builds the test split as usual; then a few anomalous test images (with their masks) move to the
+training set, following BGAD's multi-class or one-class setting (:mod:`anomalib_bgad.data.selection`).
+The validation split is made after the move, so the known anomalies leave validation too.
+
+Training batches carry ``gt_label`` (1 for anomalies) and ``gt_mask``. Models that do not train on
+anomalies (all of anomalib's unsupervised models) get normal images only, from the same split, so that
+side-by-side comparisons use identical test data; see ``train_anomalies``.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib.models import Patchcore
+    >>> from anomalib_bgad.data import FewAnomalyMVTecAD
+    >>> datamodule = FewAnomalyMVTecAD(root="./datasets/MVTecAD", category="bottle", n_anomalies=10)  # doctest: +SKIP
+    >>> Engine().fit(Patchcore(), datamodule=datamodule)  # trains on normal images only  # doctest: +SKIP
+"""
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
+from torch.utils.data import DataLoader
+
+import anomalib_bgad
+from anomalib_bgad.data import validation
+from anomalib_bgad.data.manifest import SplitManifest, relative_path
+from anomalib_bgad.data.pseudo_anomalies import EpochSampler, FewAnomalyTrainSet
+from anomalib_bgad.data.selection import Selection, Setting, select_known_anomalies
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILENAME = "split_manifest.json"
+# Arguments that define the split: a replay must not change them.
+_SPLIT_ARGS = (
+    "category",
+    "setting",
+    "seed",
+    "n_anomalies",
+    "seen_defect_type",
+    "test_split_mode",
+    "test_split_ratio",
+    "val_split_mode",
+    "val_split_ratio",
+    "name",
+    "normal_dir",
+    "abnormal_dir",
+    "normal_test_dir",
+    "mask_dir",
+    "extensions",
+)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of an init argument value."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, TestSplitMode | ValSplitMode):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _qualified_name(cls: type) -> str:
+    """Import path of a datamodule class (``anomalib_bgad.data.<Name>`` for this package's classes)."""
+    if cls.__module__.startswith("anomalib_bgad.data"):
+        return f"anomalib_bgad.data.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class FewAnomalyDataModule(AnomalibDataModule):
+    """Shared few-anomaly behaviour; the concrete classes put it in front of an anomalib datamodule.
+
+    Subclasses define the format: :meth:`_check_location`, :meth:`_check_layout`, :meth:`_parse`,
+    :meth:`_defect_types_and_masks` and :meth:`_dataset_args`.
+    """
+
+    dataset_key: ClassVar[str] = ""
+    """Dataset name used in the selection seed and the manifest."""
+
+    train_data: Any
+    test_data: Any
+    val_data: Any
+
+    def _init_few_anomaly(
+        self,
+        n_anomalies: int,
+        setting: str,
+        seen_defect_type: str | None,
+        pseudo_anomalies: float,
+        repeat_anomalies: int,
+        train_anomalies: bool | None,
+        paste_in_foreground: bool | None,
+        manifest_path: Path | str | None,
+        replay_manifest: Path | str | None,
+        verify_images: bool,
+    ) -> None:
+        setting = setting.value if isinstance(setting, Setting) else setting
+        validation.check_arguments(n_anomalies, setting, pseudo_anomalies, repeat_anomalies, self.seed)
+        self.n_anomalies = n_anomalies
+        self.setting = setting
+        self.seen_defect_type = seen_defect_type
+        self.pseudo_anomalies = pseudo_anomalies
+        self.repeat_anomalies = repeat_anomalies
+        self.train_anomalies = train_anomalies
+        self.paste_in_foreground = paste_in_foreground
+        self.manifest_path = Path(manifest_path) if manifest_path is not None else None
+        self.replay_manifest = Path(replay_manifest) if replay_manifest is not None else None
+        self.verify_images = verify_images
+        self.manifest: SplitManifest | None = None
+        self.selection: Selection | None = None
+        self._known_anomalies: pd.DataFrame | None = None
+        self._defect_counts: dict[str, int] = {}
+        self._replay: SplitManifest | None = SplitManifest.read(self.replay_manifest) if self.replay_manifest else None
+        self._check_location()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Format-specific hooks
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def dataset_root(self) -> Path:
+        """Resolved dataset root; manifest paths are relative to it."""
+        return Path(self.root).resolve()
+
+    @property
+    def selection_category(self) -> str:
+        """Category used in the selection seed and the manifest."""
+        return self.category
+
+    def _check_location(self) -> None:
+        """Check the root (and category) exist, without creating anything."""
+        raise NotImplementedError
+
+    def _check_layout(self) -> None:
+        """Check the folder layout and masks before anomalib parses it."""
+        raise NotImplementedError
+
+    def _parse(self) -> tuple[Any, Any]:
+        """Build anomalib's train and test datasets."""
+        raise NotImplementedError
+
+    def _defect_types_and_masks(self, anomalous: pd.DataFrame) -> tuple[list[str], list[str]]:
+        """Defect type and mask path of every anomalous test row (masks paired by file name)."""
+        raise NotImplementedError
+
+    def _dataset_args(self) -> dict[str, Any]:
+        """Format-specific init args recorded in the manifest."""
+        return {"category": self.category}
+
+    def _default_paste_in_foreground(self) -> bool:
+        return False
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Setup
+    # ----------------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Check that the dataset exists. Unlike anomalib's datamodules, nothing is downloaded or created."""
+        self._check_location()
+
+    def _setup(self, _stage: str | None = None) -> None:
+        """Parse with anomalib, validate every file, choose the known anomalies and hold them out of test."""
+        self._check_location()
+        self._check_layout()
+        self.train_data, self.test_data = self._parse()
+        test = self.test_data.samples.copy()
+        anomalous = test.label_index == LabelName.ABNORMAL
+        defect_types, masks = self._defect_types_and_masks(test[anomalous])
+        test["defect_type"] = None
+        test.loc[anomalous, "defect_type"] = defect_types
+        test.loc[anomalous, "mask_path"] = masks
+        test.attrs["task"] = "segmentation"
+        train = self.train_data.samples
+        # Every split carries masks (zeros for normal images), also when anomalib's parse saw none (Folder).
+        train.attrs["task"] = "segmentation"
+        if not (train.label_index == LabelName.NORMAL).any():
+            msg = f"No normal training images found for {self.name} under '{self.dataset_root}'."
+            raise ValueError(msg)
+        validation.check_files(
+            [*train.image_path.astype(str), *test.image_path.astype(str)],
+            dict(zip(test[anomalous].image_path.astype(str), masks, strict=True)),
+            decode=self.verify_images,
+        )
+        self._select(test)
+
+    def _select(self, test: pd.DataFrame) -> None:
+        root = self.dataset_root
+        test["relative_path"] = [relative_path(path, root) for path in test.image_path]
+        anomalous = test[test.label_index == LabelName.ABNORMAL]
+        candidates: dict[str, list[str]] = {}
+        for defect, relative in zip(anomalous.defect_type, anomalous.relative_path, strict=True):
+            candidates.setdefault(defect, []).append(relative)
+        self._defect_counts = {defect: len(paths) for defect, paths in sorted(candidates.items())}
+        if self._replay is not None:
+            selection = self._replayed_selection(self._replay, set(anomalous.relative_path))
+        else:
+            selection = select_known_anomalies(
+                candidates,
+                self.n_anomalies,
+                self.setting,
+                seed=self.seed,
+                dataset=self.dataset_key,
+                category=self.selection_category,
+                seen_defect_type=self.seen_defect_type,
+            )
+        self.selection = selection
+        train_set, removed = set(selection.train), set(selection.removed_from_test)
+        known = test[test.relative_path.isin(train_set)].drop(columns=["relative_path"])
+        kept = test[~test.relative_path.isin(removed)].drop(columns=["relative_path", "defect_type"])
+        kept.attrs["task"] = "segmentation"
+        self.test_data.samples = kept
+        self.test_data.samples.attrs["task"] = "segmentation"
+        self._known_anomalies = known.reset_index(drop=True)
+        logger.info(
+            "%s %s: %d known anomalies for training (%s), %d images removed from test, setting=%s, seed=%d.",
+            self.name,
+            self.selection_category,
+            len(known),
+            ", ".join(f"{d}: {n}" for d, n in known.defect_type.value_counts().sort_index().items()) or "none",
+            len(removed),
+            self.setting,
+            self.seed,
+        )
+
+    def _replayed_selection(self, manifest: SplitManifest, anomalous: set[str]) -> Selection:
+        expected = {
+            "datamodule": _qualified_name(type(self)),
+            "dataset": self.dataset_key,
+            "category": self.selection_category,
+            "setting": self.setting,
+            "seed": self.seed,
+            "n_anomalies": self.n_anomalies,
+        }
+        differences = [
+            f"{key}: manifest {getattr(manifest, key)!r}, datamodule {value!r}"
+            for key, value in expected.items()
+            if getattr(manifest, key) != value
+        ]
+        if differences:
+            msg = (
+                f"replay_manifest '{self.replay_manifest}' was written for another split ({'; '.join(differences)}). "
+                "Build the datamodule with FewAnomaly*.from_manifest(path) to take every split argument from it."
+            )
+            raise ValueError(msg)
+        train = [entry["image"] for entry in manifest.train_anomalies]
+        missing = sorted(set(train + manifest.removed_from_test) - anomalous)
+        if missing:
+            msg = (
+                f"replay_manifest '{self.replay_manifest}' lists {len(missing)} anomalous image(s) that are not "
+                f"anomalous test images under root '{self.dataset_root}' (first: '{missing[0]}'). Point root to the "
+                "dataset the manifest was written for."
+            )
+            raise ValueError(msg)
+        return Selection(
+            train=tuple(sorted(train)),
+            removed_from_test=tuple(sorted(manifest.removed_from_test)),
+            seen_defect_type=manifest.seen_defect_type,
+        )
+
+    def _create_val_split(self) -> None:
+        """Make anomalib's validation split, then add the known anomalies to the training set.
+
+        Adding them only now keeps them out of every split anomalib derives from the training set
+        (``val_split_mode=from_train``/``synthetic``, Folder's normal test images taken from training).
+        """
+        super()._create_val_split()
+        if self._known_anomalies is not None and len(self._known_anomalies):
+            train = self.train_data.samples
+            known = self._known_anomalies.drop(columns=["defect_type"])
+            known["split"] = train["split"].iloc[0]
+            merged = pd.concat([train, known[train.columns.intersection(known.columns)]], ignore_index=True)
+            merged.attrs["task"] = "segmentation"
+            self.train_data.samples = merged
+            self.train_data.samples.attrs["task"] = "segmentation"
+        self.manifest = self._build_manifest()
+        if self._replay is not None:
+            self._check_replay(self._replay, self.manifest)
+        target = self._manifest_target()
+        if target is not None:
+            self.write_manifest(target)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Manifest
+    # ----------------------------------------------------------------------------------------------------------
+    def _init_args(self) -> dict[str, Any]:
+        args = {
+            **self._dataset_args(),
+            "n_anomalies": self.n_anomalies,
+            "setting": self.setting,
+            "seen_defect_type": self.seen_defect_type,
+            "seed": self.seed,
+            "pseudo_anomalies": self.pseudo_anomalies,
+            "repeat_anomalies": self.repeat_anomalies,
+            "train_anomalies": self.train_anomalies,
+            "paste_in_foreground": self.paste_in_foreground,
+            "test_split_mode": self.test_split_mode,
+            "test_split_ratio": self.test_split_ratio,
+            "val_split_mode": self.val_split_mode,
+            "val_split_ratio": self.val_split_ratio,
+        }
+        return {key: _plain(value) for key, value in args.items()}
+
+    def _build_manifest(self) -> SplitManifest:
+        root = self.dataset_root
+        if self.selection is None:
+            msg = "The split manifest is built after the anomaly selection of _setup()."
+            raise RuntimeError(msg)
+        known = self._known_anomalies if self._known_anomalies is not None else pd.DataFrame()
+        train_anomalies = [
+            {
+                "image": relative_path(row.image_path, root),
+                "mask": relative_path(row.mask_path, root),
+                "defect_type": str(row.defect_type),
+            }
+            for row in known.sort_values("image_path").itertuples()
+        ]
+        train = self.train_data.samples
+        normal_train = train[train.label_index == LabelName.NORMAL]
+        return SplitManifest(
+            datamodule=_qualified_name(type(self)),
+            dataset=self.dataset_key,
+            category=self.selection_category,
+            root=str(root),
+            setting=self.setting,
+            seed=self.seed,
+            n_anomalies=self.n_anomalies,
+            seen_defect_type=self.selection.seen_defect_type,
+            defect_types=dict(self._defect_counts),
+            train_anomalies=train_anomalies,
+            removed_from_test=list(self.selection.removed_from_test),
+            train_images=sorted(relative_path(path, root) for path in normal_train.image_path),
+            test_images=sorted(relative_path(path, root) for path in self.test_data.samples.image_path),
+            init_args=self._init_args(),
+            package_version=anomalib_bgad.__version__,
+        )
+
+    def _check_replay(self, replay: SplitManifest, manifest: SplitManifest) -> None:
+        for key in ("train_anomalies", "removed_from_test", "train_images", "test_images"):
+            expected, actual = getattr(replay, key), getattr(manifest, key)
+            if expected != actual:
+                extra = [item for item in actual if item not in expected]
+                lacking = [item for item in expected if item not in actual]
+                msg = (
+                    f"Replaying '{self.replay_manifest}' does not reproduce its {key}: {len(lacking)} recorded "
+                    f"file(s) missing (first: {lacking[:1]}), {len(extra)} new file(s) (first: {extra[:1]}). "
+                    f"The dataset under '{self.dataset_root}' changed since the manifest was written."
+                )
+                raise ValueError(msg)
+
+    def _manifest_target(self) -> Path | None:
+        if self.manifest_path is not None:
+            return self.manifest_path
+        trainer = getattr(self, "trainer", None)
+        root_dir = getattr(trainer, "default_root_dir", None) if trainer is not None else None
+        return Path(root_dir) / MANIFEST_FILENAME if root_dir else None
+
+    def write_manifest(self, path: str | Path) -> Path:
+        """Write the split manifest of this datamodule (after ``setup``).
+
+        Args:
+            path (str | Path): Output JSON file; a directory gets ``split_manifest.json`` inside it.
+
+        Returns:
+            Path: The written file.
+
+        Raises:
+            RuntimeError: If ``setup`` has not run yet.
+        """
+        if self.manifest is None:
+            msg = f"{self.name}.write_manifest() needs the split: call setup() first."
+            raise RuntimeError(msg)
+        path = Path(path)
+        if path.is_dir():
+            path /= MANIFEST_FILENAME
+        written = self.manifest.write(path)
+        logger.info("Wrote the split manifest to %s", written)
+        return written
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, **overrides: Any) -> "FewAnomalyDataModule":
+        """Build the datamodule that replays a manifest's split exactly.
+
+        Args:
+            path (str | Path): Manifest written by a previous run.
+            **overrides (Any): Init arguments to change, e.g. ``root`` (dataset moved), ``num_workers``,
+                ``train_batch_size``, ``pseudo_anomalies``. Split-defining arguments (category, setting, seed,
+                n_anomalies, seen_defect_type, split modes, Folder dirs) cannot change.
+
+        Returns:
+            FewAnomalyDataModule: Datamodule of the manifest's class; its ``setup`` checks that the files on
+            disk give exactly the recorded training and test lists.
+
+        Raises:
+            ValueError: If the manifest is of another datamodule class or an override changes the split.
+        """
+        manifest = SplitManifest.read(path)
+        module_name, _, class_name = manifest.datamodule.rpartition(".")
+        target = getattr(importlib.import_module(module_name), class_name, None)
+        if not (isinstance(target, type) and issubclass(target, cls)):
+            msg = f"Manifest '{path}' was written by {manifest.datamodule}, not by a {cls.__name__}."
+            raise ValueError(msg)
+        changed = [
+            key
+            for key, value in overrides.items()
+            if key in _SPLIT_ARGS and key in manifest.init_args and _plain(value) != manifest.init_args[key]
+        ]
+        if changed:
+            msg = (
+                f"Cannot override {', '.join(changed)} when replaying '{path}': the manifest fixes the split. "
+                "Build a new datamodule without from_manifest to make another split."
+            )
+            raise ValueError(msg)
+        args = {**manifest.init_args, "root": manifest.root, **overrides, "replay_manifest": path}
+        return target(**args)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Training data
+    # ----------------------------------------------------------------------------------------------------------
+    def uses_anomalies(self) -> bool:
+        """Whether training batches include the known (and pseudo) anomalies.
+
+        ``train_anomalies`` decides when set. When ``None``, the model attached to the trainer decides: a
+        model with a truthy ``trains_on_anomalies`` attribute (or anomalib's SuperSimpleNet with
+        ``supervised=True``) gets them; any other model (PatchCore, PaDiM, ...) gets normal images only.
+        Without a trainer the anomalies are included.
+
+        Returns:
+            bool: ``True`` to train on anomalies.
+        """
+        if self.train_anomalies is not None:
+            return bool(self.train_anomalies)
+        trainer = getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        if model is None:
+            return True
+        flag = getattr(model, "trains_on_anomalies", None)
+        if flag is None:
+            flag = getattr(model, "supervised", False)
+        return bool(flag)
+
+    def _log_normal_only(self, normal: int, known: int) -> None:
+        trainer = getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        if self.train_anomalies is False or model is None:
+            logger.info("%s: training on %d normal images only (train_anomalies=False).", self.name, normal)
+            return
+        # anomalib's own models are unsupervised by design; say more for any other model.
+        log = logger.info if type(model).__module__.startswith("anomalib.") else logger.warning
+        log(
+            "%s: %s does not declare trains_on_anomalies = True: training on %d normal images only; the %d known "
+            "anomalies stay out of the test set but are not used. Set train_anomalies=True (CLI: "
+            "--data.train_anomalies true) to train with them.",
+            self.name,
+            type(model).__name__,
+            normal,
+            known,
+        )
+
+    @property
+    def num_pseudo_anomalies(self) -> int:
+        """Pseudo anomalies per epoch: ``pseudo_anomalies`` if an int, else that ratio of the known anomalies."""
+        known = 0 if self._known_anomalies is None else len(self._known_anomalies)
+        if isinstance(self.pseudo_anomalies, int):
+            return self.pseudo_anomalies if known else 0
+        return round(self.pseudo_anomalies * known)
+
+    def _paste_in_foreground(self) -> bool:
+        if self.paste_in_foreground is not None:
+            return self.paste_in_foreground
+        return self._default_paste_in_foreground()
+
+    def train_dataloader(self) -> DataLoader:
+        """Training dataloader with known and pseudo anomalies, or normal images only (see :meth:`uses_anomalies`).
+
+        Returns:
+            DataLoader: Dataloader of anomalib ``ImageItem`` batches.
+        """
+        collate = self.external_collate_fn or self.train_data.collate_fn
+        if not self.uses_anomalies():
+            labels = self.train_data.samples.label_index.to_numpy()
+            normal = self.train_data.subsample([int(i) for i in (labels == LabelName.NORMAL).nonzero()[0]])
+            self._log_normal_only(len(normal), len(labels) - len(normal))
+            return DataLoader(
+                normal,
+                shuffle=True,
+                batch_size=self.train_batch_size,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+            )
+        train_set = FewAnomalyTrainSet(
+            self.train_data,
+            num_pseudo=self.num_pseudo_anomalies,
+            seed=self.seed,
+            paste_in_foreground=self._paste_in_foreground(),
+        )
+        sampler = EpochSampler(train_set, repeat_anomalies=self.repeat_anomalies, seed=self.seed)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+        return DataLoader(
+            train_set,
+            sampler=sampler,
+            batch_size=self.train_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+        )

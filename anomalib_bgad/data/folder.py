@@ -1,0 +1,253 @@
+"""Few-anomaly Folder datamodule: anomalib's ``Folder`` with labeled defects in training."""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pandas as pd
+from anomalib.data import Folder
+from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils.path import resolve_path
+from torchvision.transforms.v2 import Transform
+
+from anomalib_bgad.data import validation
+from anomalib_bgad.data.base import FewAnomalyDataModule
+from anomalib_bgad.data.datasets import FewAnomalyFolderDataset
+from anomalib_bgad.data.manifest import relative_path
+
+
+class FewAnomalyFolder(FewAnomalyDataModule, Folder):
+    """anomalib's ``Folder`` datamodule with a few labeled anomalies in training.
+
+    The defect type of an anomalous image is the name of its ``abnormal_dir`` (or, for images in
+    sub-folders of an abnormal dir, the first sub-folder's name). Its mask is the file of the same stem
+    (optionally with ``_mask``) at the same relative place in ``mask_dir`` — or in ``mask_dir/<defect type>``;
+    with one mask dir per abnormal dir, ``mask_dir[i]`` holds the masks of ``abnormal_dir[i]``. (anomalib
+    itself pairs images and masks by sorted position; pairing by name is safer.)
+
+    Args:
+        name (str): Dataset name (results folder, selection seed).
+        normal_dir (str | Path | Sequence[str | Path]): Normal training images.
+        root (str | Path | None): Folder the other dirs are relative to; manifest paths are relative to it.
+            ``None``: the common parent of all dirs. Defaults to ``None``.
+        abnormal_dir (str | Path | Sequence[str | Path] | None): Anomalous images, one dir per defect type.
+            Required. Defaults to ``None``.
+        normal_test_dir (str | Path | Sequence[str | Path] | None): Normal test images; ``None``: taken
+            from the normal images (``test_split_ratio``). Defaults to ``None``.
+        mask_dir (str | Path | Sequence[str | Path] | None): Masks of the anomalous images. Required.
+            Defaults to ``None``.
+        normal_split_ratio (float): anomalib's (unused) normal split ratio. Defaults to ``0.2``.
+        extensions (tuple[str, ...] | None): Image extensions. Defaults to ``None`` (torchvision's list).
+        train_batch_size (int): Training batch size. Defaults to ``32``.
+        eval_batch_size (int): Evaluation batch size. Defaults to ``32``.
+        num_workers (int): Dataloader workers. Defaults to ``8``.
+        train_augmentations (Transform | None): Training augmentations. Defaults to ``None``.
+        val_augmentations (Transform | None): Validation augmentations. Defaults to ``None``.
+        test_augmentations (Transform | None): Test augmentations. Defaults to ``None``.
+        augmentations (Transform | None): Augmentations of every split without its own. Defaults to ``None``.
+        test_split_mode (TestSplitMode | str): anomalib's test split mode. Defaults to ``"from_dir"``.
+        test_split_ratio (float): anomalib's test split ratio. Defaults to ``0.2``.
+        val_split_mode (ValSplitMode | str): anomalib's validation split mode. Defaults to ``"from_test"``.
+        val_split_ratio (float): anomalib's validation split ratio. Defaults to ``0.5``.
+        seed (int): Seed of the selection, the pseudo anomalies and anomalib's random splits. Defaults to ``0``.
+        n_anomalies (int): Known anomalies moved from test to training. Defaults to ``10``.
+        setting (Literal["multi_class", "one_class"]): See :class:`FewAnomalyMVTecAD`. Defaults to ``"multi_class"``.
+        seen_defect_type (str | None): One-class seen defect type. Defaults to ``None``.
+        pseudo_anomalies (int | float): Pseudo anomalies per epoch (count or ratio). Defaults to ``5.0``.
+        repeat_anomalies (int): Times each known anomaly appears per epoch. Defaults to ``5``.
+        train_anomalies (bool | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
+        paste_in_foreground (bool | None): ``None``: no. Defaults to ``None``.
+        manifest_path (Path | str | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
+        replay_manifest (Path | str | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
+        verify_images (bool): Decode every image at setup. Defaults to ``True``.
+    """
+
+    dataset_key: ClassVar[str] = "Folder"
+
+    def __init__(
+        self,
+        name: str,
+        normal_dir: str | Path | Sequence[str | Path],
+        root: str | Path | None = None,
+        abnormal_dir: str | Path | Sequence[str | Path] | None = None,
+        normal_test_dir: str | Path | Sequence[str | Path] | None = None,
+        mask_dir: str | Path | Sequence[str | Path] | None = None,
+        normal_split_ratio: float = 0.2,
+        extensions: tuple[str, ...] | None = None,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 8,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
+        test_split_ratio: float = 0.2,
+        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
+        val_split_ratio: float = 0.5,
+        seed: int = 0,
+        n_anomalies: int = 10,
+        setting: Literal["multi_class", "one_class"] = "multi_class",
+        seen_defect_type: str | None = None,
+        pseudo_anomalies: int | float = 5.0,
+        repeat_anomalies: int = 5,
+        train_anomalies: bool | None = None,
+        paste_in_foreground: bool | None = None,
+        manifest_path: Path | str | None = None,
+        replay_manifest: Path | str | None = None,
+        verify_images: bool = True,
+    ) -> None:
+        Folder.__init__(
+            self,
+            name=name,
+            normal_dir=normal_dir,
+            root=root,
+            abnormal_dir=abnormal_dir,
+            normal_test_dir=normal_test_dir,
+            mask_dir=mask_dir,
+            normal_split_ratio=normal_split_ratio,
+            extensions=tuple(extensions) if extensions is not None else None,
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            test_split_mode=test_split_mode,
+            test_split_ratio=test_split_ratio,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            seed=seed,
+        )
+        self._init_few_anomaly(
+            n_anomalies,
+            setting,
+            seen_defect_type,
+            pseudo_anomalies,
+            repeat_anomalies,
+            train_anomalies,
+            paste_in_foreground,
+            manifest_path,
+            replay_manifest,
+            verify_images,
+        )
+
+    @staticmethod
+    def _as_list(dirs: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+        if dirs is None:
+            return []
+        if isinstance(dirs, str | Path):
+            return [dirs]
+        return list(dirs)
+
+    def _dirs(self, dirs: str | Path | Sequence[str | Path] | None) -> list[Path]:
+        return [resolve_path(folder, self.root).resolve() for folder in self._as_list(dirs)]
+
+    @property
+    def dataset_root(self) -> Path:
+        """``root``, or the common parent of all dirs when ``root`` is ``None``."""
+        if self.root is not None:
+            return Path(self.root).resolve()
+        dirs = [
+            *self._dirs(self.normal_dir),
+            *self._dirs(self.abnormal_dir),
+            *self._dirs(self.normal_test_dir),
+            *self._dirs(self.mask_dir),
+        ]
+        return Path(os.path.commonpath([str(path) for path in dirs])) if dirs else Path.cwd()
+
+    @property
+    def selection_category(self) -> str:
+        """The Folder dataset's ``name``."""
+        return self.name
+
+    @property
+    def _extensions(self) -> tuple[str, ...]:
+        return tuple(ext.lower() for ext in self.extensions) if self.extensions else validation.FOLDER_EXTENSIONS
+
+    def _check_location(self) -> None:
+        layout = "<root>/<normal_dir>, <root>/<abnormal_dir> (one per defect type), <root>/<mask_dir>"
+        if self.root is not None:
+            validation.check_root(Path(self.root), self.name, layout)
+        for arg in ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir"):
+            for folder in self._dirs(getattr(self, arg)):
+                if not folder.is_dir():
+                    msg = (
+                        f"{arg} '{folder}' of {self.name} does not exist. "
+                        f"Set {arg} (CLI: --data.{arg}) to an existing folder."
+                    )
+                    raise FileNotFoundError(msg)
+        for arg, meaning in (("abnormal_dir", "anomalous images"), ("mask_dir", "their ground-truth masks")):
+            if not self._as_list(getattr(self, arg)):
+                msg = (
+                    f"{type(self).__name__} needs {arg} (the folder(s) of {meaning}): few-anomaly training moves "
+                    f"labeled defects with pixel masks into the training set. Set {arg} (CLI: --data.{arg})."
+                )
+                raise ValueError(msg)
+
+    def _check_layout(self) -> None:
+        for folder in self._dirs(self.normal_dir):
+            validation.check_normal_train_images(folder, self._extensions, recursive=True)
+
+    def _parse(self) -> tuple[Any, Any]:
+        # Masks are paired by name in _defect_types_and_masks, not by anomalib's sorted-position pairing.
+        args = {
+            "name": self.name,
+            "root": self.root,
+            "normal_dir": self.normal_dir,
+            "abnormal_dir": self.abnormal_dir,
+            "normal_test_dir": self.normal_test_dir,
+            "mask_dir": None,
+            "extensions": self.extensions,
+        }
+        return FewAnomalyFolderDataset(split=Split.TRAIN, **args), FewAnomalyFolderDataset(split=Split.TEST, **args)
+
+    def _mask_index(self, mask_dir: Path) -> dict[tuple[str, str], Path]:
+        index: dict[tuple[str, str], Path] = {}
+        for mask in validation.list_images(mask_dir, self._extensions, recursive=True):
+            relative = mask.relative_to(mask_dir)
+            stem = mask.stem.removesuffix("_mask")
+            index.setdefault((relative.parent.as_posix(), stem), mask)
+        return index
+
+    def _defect_types_and_masks(self, anomalous: pd.DataFrame) -> tuple[list[str], list[str]]:
+        abnormal_dirs, mask_dirs = self._dirs(self.abnormal_dir), self._dirs(self.mask_dir)
+        indexes = [self._mask_index(folder) for folder in mask_dirs]
+        defect_types, masks = [], []
+        for image_path in anomalous.image_path:
+            image = Path(image_path).resolve()
+            position = next(i for i, folder in enumerate(abnormal_dirs) if image.is_relative_to(folder))
+            folder = abnormal_dirs[position]
+            relative = image.relative_to(folder)
+            defect_types.append(relative.parts[0] if len(relative.parts) > 1 else folder.name)
+            parent = relative.parent.as_posix()
+            keys = [(parent, image.stem), ((Path(folder.name) / relative.parent).as_posix(), image.stem)]
+            searched = [indexes[position]] if len(mask_dirs) == len(abnormal_dirs) else indexes
+            found = next((index[key] for index in searched for key in keys if key in index), None)
+            if found is None:
+                expected = [
+                    mask_dirs[i] / relative.parent / f"{image.stem}{image.suffix}"
+                    for i in range(len(mask_dirs))
+                    if indexes[i] in searched
+                ]
+                raise validation.missing_mask_error(image, expected)
+            masks.append(str(found))
+        return defect_types, masks
+
+    def _dataset_args(self) -> dict[str, Any]:
+        root = self.dataset_root
+
+        def relative(dirs: str | Path | Sequence[str | Path] | None) -> list[str] | None:
+            resolved = self._dirs(dirs)
+            return [relative_path(folder, root) for folder in resolved] if resolved else None
+
+        return {
+            "name": self.name,
+            "normal_dir": relative(self.normal_dir),
+            "abnormal_dir": relative(self.abnormal_dir),
+            "normal_test_dir": relative(self.normal_test_dir),
+            "mask_dir": relative(self.mask_dir),
+            "extensions": list(self.extensions) if self.extensions else None,
+        }

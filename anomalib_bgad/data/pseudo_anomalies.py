@@ -1,0 +1,176 @@
+"""Training set with known anomalies and per-epoch RPAG pseudo anomalies.
+
+:class:`FewAnomalyTrainSet` wraps the datamodule's training dataset (normal images and known
+anomalies, read by anomalib's dataset) and appends ``num_pseudo`` pseudo-anomaly indices.
+:class:`EpochSampler` yields ``(epoch, index)`` keys: normal images once, known anomalies
+``repeat_anomalies`` times and every pseudo index once per epoch, shuffled by
+``rng([seed, epoch])``. A pseudo item is generated from ``rng([seed, epoch, index])`` only, so it is
+the same whatever the worker count, and different in every epoch.
+
+Lightning calls ``sampler.set_epoch(epoch)`` on the training dataloader's sampler at the start of
+every epoch (it does so for any sampler with that method), so the epochs are refreshed with no
+callback and no ``reload_dataloaders_every_n_epochs``. Without Lightning, each new iteration of the
+sampler moves to the next epoch unless ``set_epoch`` is called.
+
+Example:
+    >>> train_set = FewAnomalyTrainSet(datamodule.train_data, num_pseudo=10, seed=0)  # doctest: +SKIP
+    >>> sampler = EpochSampler(train_set, repeat_anomalies=1, seed=0)  # doctest: +SKIP
+    >>> sampler.set_epoch(3); item = train_set[next(iter(sampler))]  # doctest: +SKIP
+"""
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from anomalib.data.dataclasses import ImageItem
+from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.data.utils import LabelName
+from torch.utils.data import Dataset, Sampler
+from torchvision.tv_tensors import Image as TvImage
+from torchvision.tv_tensors import Mask
+
+from anomalib_bgad.data.foreground import compute_foreground
+from anomalib_bgad.data.image_io import read_image, read_mask
+from anomalib_bgad.data.rpag import generate_pseudo_anomaly
+
+_PSEUDO_STREAM = 1  # separates the pseudo-anomaly random streams from the shuffling stream
+_SHUFFLE_STREAM = 2
+
+
+class FewAnomalyTrainSet(Dataset):
+    """Known anomalies and normal images of ``base``, plus ``num_pseudo`` pseudo anomalies per epoch.
+
+    Args:
+        base (AnomalibDataset): Training dataset (``label_index`` 0 = normal, 1 = known anomaly with mask).
+        num_pseudo (int): Pseudo anomalies per epoch (indices ``len(base)`` .. ``len(base) + num_pseudo - 1``).
+        seed (int): Seed of the pseudo anomalies.
+        paste_in_foreground (bool): Paste inside the normal image's foreground (object categories).
+            Defaults to ``False``.
+    """
+
+    def __init__(self, base: AnomalibDataset, num_pseudo: int, seed: int, paste_in_foreground: bool = False) -> None:
+        super().__init__()
+        labels = base.samples.label_index.to_numpy()
+        self.base = base
+        self.normal_rows = np.flatnonzero(labels == LabelName.NORMAL)
+        self.anomaly_rows = np.flatnonzero(labels == LabelName.ABNORMAL)
+        if num_pseudo > 0 and (len(self.normal_rows) == 0 or len(self.anomaly_rows) == 0):
+            num_pseudo = 0  # nothing to paste, or nothing to paste on
+        self.num_pseudo = num_pseudo
+        self.seed = seed
+        self.paste_in_foreground = paste_in_foreground
+
+    def __len__(self) -> int:
+        """Number of distinct indices: base samples then pseudo anomalies."""
+        return len(self.base) + self.num_pseudo
+
+    @property
+    def collate_fn(self) -> Callable:
+        """anomalib's collate function of the base dataset."""
+        return self.base.collate_fn
+
+    def __getitem__(self, key: int | tuple[int, int]) -> ImageItem:
+        """Return the base sample or the pseudo anomaly of ``key``.
+
+        Args:
+            key (int | tuple[int, int]): ``index`` (epoch 0) or ``(epoch, index)`` as yielded by :class:`EpochSampler`.
+
+        Returns:
+            ImageItem: anomalib image item.
+        """
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if index < len(self.base):
+            return self.base[index]
+        return self.pseudo_item(epoch, index - len(self.base))
+
+    def generate(self, epoch: int, pseudo_index: int) -> tuple[torch.Tensor, torch.Tensor, str, str]:
+        """Generate a pseudo anomaly at the native resolution of its normal image.
+
+        Args:
+            epoch (int): Epoch.
+            pseudo_index (int): Index among the epoch's pseudo anomalies.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor, str, str]: Image ``(3, H, W)``, boolean mask ``(H, W)``,
+            the normal image path and the source anomaly path.
+        """
+        rng = np.random.default_rng([self.seed, _PSEUDO_STREAM, epoch, pseudo_index])
+        samples = self.base.samples
+        anomaly = samples.iloc[int(self.anomaly_rows[rng.integers(len(self.anomaly_rows))])]
+        normal = samples.iloc[int(self.normal_rows[rng.integers(len(self.normal_rows))])]
+        normal_image = read_image(normal.image_path).as_subclass(torch.Tensor)
+        foreground = None
+        if self.paste_in_foreground:
+            foreground = compute_foreground(normal_image.permute(1, 2, 0).numpy())
+        image, mask = generate_pseudo_anomaly(
+            read_image(anomaly.image_path).as_subclass(torch.Tensor),
+            read_mask(anomaly.mask_path).as_subclass(torch.Tensor),
+            normal_image,
+            rng,
+            foreground,
+        )
+        return image, mask, str(normal.image_path), str(anomaly.image_path)
+
+    def pseudo_item(self, epoch: int, pseudo_index: int) -> ImageItem:
+        """Pseudo anomaly as an anomalib item, after the base dataset's augmentations (e.g. the model resize).
+
+        Args:
+            epoch (int): Epoch.
+            pseudo_index (int): Index among the epoch's pseudo anomalies.
+
+        Returns:
+            ImageItem: Item with ``gt_label`` 1 and the pasted mask; ``image_path`` is the normal image.
+        """
+        image, mask, normal_path, _ = self.generate(epoch, pseudo_index)
+        image, gt_mask = TvImage(image), Mask(mask.to(torch.uint8))
+        if self.base.augmentations:
+            image, gt_mask = self.base.augmentations(image, gt_mask)
+        return ImageItem(
+            image=image,
+            gt_mask=gt_mask,
+            gt_label=torch.tensor(int(LabelName.ABNORMAL)),
+            image_path=normal_path,
+            mask_path=None,
+        )
+
+
+class EpochSampler(Sampler):
+    """Shuffled epoch of a :class:`FewAnomalyTrainSet` that carries the epoch number in its keys.
+
+    Args:
+        dataset (FewAnomalyTrainSet): Training set.
+        repeat_anomalies (int): Times each known anomaly appears per epoch.
+        seed (int): Shuffling seed.
+    """
+
+    def __init__(self, dataset: FewAnomalyTrainSet, repeat_anomalies: int, seed: int) -> None:
+        super().__init__()
+        pseudo = np.arange(len(dataset.base), len(dataset))
+        self.indices = np.concatenate(
+            [
+                dataset.normal_rows,
+                np.tile(dataset.anomaly_rows, repeat_anomalies),
+                pseudo,
+            ]
+        ).astype(np.int64)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the next iteration (Lightning calls this at every epoch start).
+
+        Args:
+            epoch (int): Epoch number.
+        """
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Samples per epoch."""
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Keys ``(epoch, index)`` of one epoch, shuffled; the next iteration defaults to the next epoch."""
+        epoch = self.epoch
+        order = np.random.default_rng([self.seed, _SHUFFLE_STREAM, epoch]).permutation(self.indices)
+        self.epoch = epoch + 1
+        return iter([(epoch, int(index)) for index in order])
