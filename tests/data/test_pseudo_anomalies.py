@@ -179,7 +179,7 @@ class PseudoRecorder(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_lightning_refreshes_pseudo_anomalies_every_epoch(mvtec_root: Path) -> None:
+def test_lightning_refreshes_pseudo_anomalies_every_epoch(mvtec_root: Path, tmp_path: Path) -> None:
     datamodule = FewAnomalyMVTecAD(
         root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomalies=4, train_batch_size=8, num_workers=2,
         val_split_mode="none",
@@ -187,7 +187,9 @@ def test_lightning_refreshes_pseudo_anomalies_every_epoch(mvtec_root: Path) -> N
     datamodule.setup()
     normal_paths = {str(path) for path in datamodule.train_data.samples.query("label_index == 0").image_path}
     model = PseudoRecorder(normal_paths)
-    trainer = Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = Trainer(
+        max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     trainer.fit(model, datamodule=datamodule)
     reference = FewAnomalyTrainSet(datamodule.train_data, num_pseudo=4, seed=0, paste_in_foreground=True)
     base = len(reference.base)
@@ -195,6 +197,7 @@ def test_lightning_refreshes_pseudo_anomalies_every_epoch(mvtec_root: Path) -> N
         expected = {digest(reference[(epoch, base + j)].image) for j in range(4)}
         assert model.seen[epoch] == expected
     assert not model.seen[0] & model.seen[1]
+    assert (tmp_path / "split_manifest.json").is_file()  # written into the trainer's default_root_dir
 
 
 def test_preview_writes_a_grid(mvtec_root: Path, tmp_path: Path) -> None:
