@@ -62,7 +62,7 @@ def _preview_pseudo(args: argparse.Namespace) -> None:
         seed=args.seed,
         num_workers=0,
     )
-    path = preview_pseudo_anomalies(datamodule, args.output, n_samples=args.n_samples)
+    path = preview_pseudo_anomalies(datamodule, args.output, num_samples=args.n_samples)
     print(f"Wrote {path}")
 
 

@@ -158,3 +158,16 @@ def test_demo_table_format() -> None:
     assert "| bgad | a | 1.000 | 0.500 | 0.250 | 3 |" in table
     assert "| bgad | **mean** | 1.000 | 0.500 | 0.250 | |" in table
     json.dumps(rows)
+
+
+def test_preview_pseudo_command(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    output = tmp_path / "preview.png"
+    args = ["preview-pseudo", "--root", str(tiny_mvtec_root), "--category", "brick", "--n-anomalies", "2"]
+    assert bgad_main([*args, "--n-samples", "4", "--output", str(output)]) == 0
+    with Image.open(output) as image:
+        assert image.width > 64
+        assert image.height > 64
+    assert bgad_main([*args[:-1], "99", "--output", str(tmp_path / "bad.png")]) == 2
+    assert not (tmp_path / "bad.png").exists()
