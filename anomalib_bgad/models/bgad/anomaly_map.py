@@ -7,9 +7,20 @@ The levels are upsampled (bilinear) to the input size and averaged, then smoothe
 Gaussian (sigma 4, as anomalib's flow models do; 0 disables). The image score is the map's
 maximum.
 
+In one line::
+
+    anomaly_map = G_sigma * (1/K) sum_k up_bilinear(b_n,k - l_k / alpha),    pred_score = max(anomaly_map)
+
+The unit is the normalised log-likelihood: a score of 0.05 means the least likely region of the
+image lies 0.05 below the normal boundary (``b_a = b_n - tau`` is at ``tau = 0.1``). anomalib's
+post-processor then min-max normalises scores and maps with statistics from the validation set and
+thresholds them, as for any model; those statistics and the threshold are stored in the checkpoint
+and exported.
+
 Every operation is per image, so a score does not depend on the other images in the batch or
 on the test set (unlike the authors' code, which normalises by the test-set maximum, and
-anomalib's CFLOW, which normalises by the batch maximum).
+anomalib's CFLOW, which normalises by the batch maximum). The smoothing is anomalib's
+``GaussianBlur2d`` kernel applied as two 1D convolutions (same result, 25x fewer operations).
 """
 
 from __future__ import annotations
@@ -52,14 +63,32 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             torch.Tensor: Anomaly map of shape ``(B, 1, H, W)``.
         """
-        distances = [
-            F.interpolate(
+        anomaly_map = None
+        for level, log_likelihood in enumerate(normalized_log_likelihoods):
+            distance = F.interpolate(
                 (normal_boundary[level] - log_likelihood).unsqueeze(1),
                 size=tuple(image_size),
                 mode="bilinear",
                 align_corners=False,
             )
-            for level, log_likelihood in enumerate(normalized_log_likelihoods)
-        ]
-        anomaly_map = torch.stack(distances, dim=0).mean(dim=0)
-        return self.blur(anomaly_map) if self.blur is not None else anomaly_map
+            anomaly_map = distance if anomaly_map is None else anomaly_map + distance
+        anomaly_map = anomaly_map / len(normalized_log_likelihoods)
+        return self.smooth(anomaly_map) if self.blur is not None else anomaly_map
+
+    def smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Gaussian smoothing, the same as anomalib's ``GaussianBlur2d`` (reflect padding) but separable.
+
+        The normalised 2D Gaussian kernel is the outer product of its row and column sums, so one vertical
+        and one horizontal 1D convolution give the 2D convolution with ``2K`` instead of ``K^2`` products per
+        pixel (25x fewer for ``K = 25``). The 2D kernel stays the module's buffer (checkpoint layout).
+
+        Args:
+            anomaly_map (torch.Tensor): ``(B, 1, H, W)``.
+
+        Returns:
+            torch.Tensor: Smoothed map, same shape.
+        """
+        kernel = self.blur.kernel[0, 0]
+        padded = F.pad(anomaly_map, self.blur.padding_shape, mode=self.blur.border_type)
+        vertical = F.conv2d(padded, kernel.sum(dim=1).view(1, 1, -1, 1))
+        return F.conv2d(vertical, kernel.sum(dim=0).view(1, 1, 1, -1))

@@ -42,10 +42,12 @@ from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch.optim import Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from .boundary_plot import BoundaryHistogram
 from .loss import BgadLoss
 from .torch_model import BgadModel
 
@@ -272,6 +274,27 @@ class Bgad(AnomalibModule):
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(**predictions._asdict())
+
+    def to_onnx(
+        self,
+        export_root: os.PathLike | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> os.PathLike:
+        """anomalib's ONNX export (also the first step of its OpenVINO export), at ONNX opset 18 by default.
+
+        torch's dynamo exporter writes opset 18; anomalib asks for 14, and the down-conversion fails on the
+        Gaussian blur's reflect ``Pad`` (the model is then kept at 18 after a logged traceback and wasted work).
+        """
+        kwargs.setdefault("opset_version", 18)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """anomalib's component callbacks plus :class:`BoundaryHistogram` (writes its PNG after ``test``)."""
+        callbacks = super().configure_callbacks()
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        return [*callbacks, BoundaryHistogram()]
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """Adam on the flows, cosine decay over ``max_epochs`` to ``learning_rate / 1000``."""

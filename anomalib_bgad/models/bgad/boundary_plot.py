@@ -1,0 +1,215 @@
+"""Histogram of normal and anomalous log-likelihoods with the learned boundaries (paper Fig. 6).
+
+:class:`BoundaryHistogram` is a Lightning callback that BGAD adds to every run
+(:meth:`anomalib_bgad.Bgad.configure_callbacks`). During ``test`` it collects, for every feature
+level, the normalised log-likelihoods ``ln = l / alpha`` of the test images' feature positions,
+split into normal and anomalous ones by the ground-truth mask (downsampled to the level, nearest,
+as in training; images without a mask count by their image label), keeps a uniform random
+subsample of at most ``max_samples`` values per level and class, and at the end of the test
+writes ``boundary_histogram.png`` into the run's results folder (``trainer.default_root_dir``, the
+folder whose ``images/`` sub-folder holds anomalib's visualisations) with ``b_n`` and
+``b_a = b_n - tau`` drawn per level.
+
+The values come from a forward hook on the model's anomaly-map generator: the test step's own
+forward pass, no second pass through the flows.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_bgad import Bgad
+    >>> engine = Engine()  # doctest: +SKIP
+    >>> engine.test(Bgad(), datamodule=datamodule)  # doctest: +SKIP
+    >>> # -> results/Bgad/<dataset>/<category>/latest/boundary_histogram.png
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.hooks import RemovableHandle
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = "boundary_histogram.png"
+
+
+class _BottomKSample:
+    """Uniform random sample without replacement of at most ``size`` values from a stream (bottom-k priorities)."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.generator = generator
+        self.values = torch.empty(0)
+        self.priorities = torch.empty(0)
+        self.seen = 0
+
+    def add(self, values: torch.Tensor) -> None:
+        values = values.detach().float().reshape(-1).cpu()
+        self.seen += values.numel()
+        priorities = torch.rand(values.numel(), generator=self.generator)
+        self.values = torch.cat([self.values, values])
+        self.priorities = torch.cat([self.priorities, priorities])
+        if self.values.numel() > self.size:
+            keep = torch.topk(self.priorities, self.size, largest=False).indices
+            self.values, self.priorities = self.values[keep], self.priorities[keep]
+
+
+class BoundaryHistogram(Callback):
+    """Write a histogram of normal/anomalous normalised log-likelihoods with ``b_n`` and ``b_a`` per level.
+
+    Args:
+        output_dir (str | Path | None): Folder for the PNG. Defaults to ``None``: ``trainer.default_root_dir``.
+        max_samples (int): Values kept per level and class (uniform random subsample). Defaults to ``200_000``.
+        bins (int): Histogram bins. Defaults to ``100``.
+        seed (int): Seed of the subsampling. Defaults to ``0``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        max_samples: int = 200_000,
+        bins: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.max_samples = max_samples
+        self.bins = bins
+        self.seed = seed
+        self.path: Path | None = None
+        self._handle: RemovableHandle | None = None
+        self._levels: list[torch.Tensor] | None = None
+        self._normal: list[_BottomKSample] = []
+        self._anomalous: list[_BottomKSample] = []
+
+    def _capture(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        del module
+        self._levels = [level.detach() for level in args[0]]
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Hook the anomaly-map generator, which receives the per-level ``ln`` maps."""
+        del trainer
+        generator = torch.Generator().manual_seed(self.seed)
+        levels = pl_module.model.num_levels
+        self._normal = [_BottomKSample(self.max_samples, generator) for _ in range(levels)]
+        self._anomalous = [_BottomKSample(self.max_samples, generator) for _ in range(levels)]
+        self._handle = pl_module.model.anomaly_map_generator.register_forward_pre_hook(self._capture)
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Split the batch's ``ln`` values into normal and anomalous positions per level."""
+        del trainer, pl_module, outputs, batch_idx, dataloader_idx
+        if self._levels is None:
+            return
+        masks = getattr(batch, "gt_mask", None)
+        labels = getattr(batch, "gt_label", None)
+        for level, values in enumerate(self._levels):
+            anomalous = self._anomalous_positions(values.shape, masks, labels, values.device)
+            self._normal[level].add(values[~anomalous])
+            self._anomalous[level].add(values[anomalous])
+        self._levels = None
+
+    @staticmethod
+    def _anomalous_positions(
+        shape: torch.Size,
+        masks: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Boolean ``(B, H_k, W_k)``: mask downsampled (nearest) or, without a mask, the image label."""
+        batch = shape[0]
+        by_label = torch.zeros(batch, dtype=torch.bool, device=device)
+        if labels is not None:
+            by_label = labels.reshape(-1).to(device).bool()
+        by_label = by_label.view(-1, 1, 1).expand(shape)
+        if masks is None:
+            return by_label
+        masks = masks.reshape(batch, 1, *masks.shape[-2:]).float().to(device)
+        by_mask = F.interpolate(masks, size=tuple(shape[-2:]), mode="nearest")[:, 0] > 0.5
+        has_mask = (masks.flatten(1).amax(dim=1) > 0.5).view(-1, 1, 1)
+        return torch.where(has_mask, by_mask, by_label)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Remove the hook and write the histogram."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if not trainer.is_global_zero or not self._normal:
+            return
+        boundary = pl_module.model.normal_boundary.detach().cpu()
+        tau = float(pl_module.loss.tau)
+        output_dir = self.output_dir or Path(trainer.default_root_dir)
+        self.path = write_boundary_histogram(
+            output_dir / FILE_NAME,
+            [sample.values for sample in self._normal],
+            [sample.values for sample in self._anomalous],
+            boundary,
+            tau,
+            bins=self.bins,
+        )
+        logger.info("Wrote the BGAD boundary histogram to %s", self.path)
+
+
+def write_boundary_histogram(
+    path: str | Path,
+    normal: list[torch.Tensor],
+    anomalous: list[torch.Tensor],
+    normal_boundary: torch.Tensor,
+    tau: float,
+    bins: int = 100,
+) -> Path:
+    """Plot one panel per level: normal (blue) and anomalous (red) ``ln`` densities, ``b_n`` and ``b_a = b_n - tau``.
+
+    Args:
+        path (str | Path): PNG to write (parent folders are created).
+        normal (list[torch.Tensor]): Normal ``ln`` values per level.
+        anomalous (list[torch.Tensor]): Anomalous ``ln`` values per level.
+        normal_boundary (torch.Tensor): ``b_n`` per level.
+        tau (float): Margin, ``b_a = b_n - tau``.
+        bins (int): Histogram bins. Defaults to ``100``.
+
+    Returns:
+        Path: The written file.
+    """
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    levels = len(normal)
+    figure = Figure(figsize=(5 * levels, 4), layout="constrained")
+    axes = figure.subplots(1, levels, squeeze=False)[0]
+    for level, axis in enumerate(axes):
+        b_n = float(normal_boundary[level])
+        b_a = b_n - tau
+        present = [values for values in (normal[level], anomalous[level]) if values.numel()]
+        # Range: both classes, without the far tails (anomalies can reach very low values), and both boundaries.
+        if present:
+            pooled = torch.cat(present)
+            low, high = torch.quantile(pooled[:1_000_000], torch.tensor([0.005, 0.995])).tolist()
+        else:
+            low, high = b_a, b_n
+        low, high = min(low, b_a - tau), max(high, b_n + tau)
+        for values, color, label in ((normal[level], "tab:blue", "normal"), (anomalous[level], "tab:red", "anomalous")):
+            if values.numel():
+                clipped = values.clamp(low, high).numpy()
+                axis.hist(clipped, bins=bins, range=(low, high), density=True, alpha=0.55, color=color, label=label)
+        axis.axvline(b_n, color="black", linestyle="-", linewidth=1.5, label=f"$b_n$ = {b_n:.3f}")
+        axis.axvline(b_a, color="black", linestyle="--", linewidth=1.5, label=f"$b_a = b_n - \\tau$ = {b_a:.3f}")
+        axis.set_title(f"level {level}: {normal[level].numel()} normal / {anomalous[level].numel()} anomalous")
+        axis.set_xlabel("normalised log-likelihood  $l / \\alpha$ (tails clipped)")
+        axis.set_ylabel("density")
+        axis.legend(loc="upper left", fontsize="small")
+    figure.suptitle("BGAD: test log-likelihoods and the learned boundaries")
+    figure.savefig(path, dpi=100)
+    return path

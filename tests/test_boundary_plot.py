@@ -1,0 +1,107 @@
+"""The boundary histogram (paper Fig. 6) written at the end of ``test``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME, BoundaryHistogram, write_boundary_histogram
+from anomalib_bgad.models.bgad.lightning_model import downsample_mask
+
+
+def test_write_boundary_histogram_draws_one_panel_per_level(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    normal = [torch.randn(5000, generator=generator) * 0.1 - 0.3 for _ in range(3)]
+    anomalous = [torch.randn(300, generator=generator) * 0.5 - 1.5, torch.empty(0), -50 + torch.zeros(10)]
+    path = write_boundary_histogram(
+        tmp_path / "sub" / FILE_NAME, normal, anomalous, torch.tensor([-0.4, -0.5, -0.6]), 0.1
+    )
+    assert path == tmp_path / "sub" / FILE_NAME
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width >= 3 * 400 and image.height >= 300  # three panels side by side
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # not blank
+
+
+def test_histogram_written_at_test_end_with_the_test_set_likelihoods(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    torch.manual_seed(0)
+    model = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)))
+    model.model.normal_boundary.copy_(torch.tensor([-0.2, -0.3, -0.4]))
+    datamodule = MVTecAD(root=tiny_mvtec_root, category="brick", eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    engine.test(model, datamodule=datamodule)
+
+    results = Path(engine.trainer.default_root_dir)
+    assert (results / FILE_NAME).is_file()
+    assert (results / "images").is_dir()  # next to anomalib's visualisations
+    (callback,) = [c for c in engine.trainer.callbacks if isinstance(c, BoundaryHistogram)]
+    assert callback.path == results / FILE_NAME
+    assert callback._handle is None  # the hook is removed after the test
+
+    # The collected values are exactly the test set's ln = l / alpha, split by the mask as in training.
+    expected_normal: list[list[torch.Tensor]] = [[] for _ in range(3)]
+    expected_anomalous: list[list[torch.Tensor]] = [[] for _ in range(3)]
+    model.eval()
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            features = model.model.feature_extractor(model.pre_processor(batch.image))
+            for level, log_likelihood in enumerate(model.model.log_likelihood_maps(features)):
+                values = log_likelihood.reshape(-1) / model.model.normalizer
+                anomalous = downsample_mask(batch.gt_mask, log_likelihood.shape[-2:], log_likelihood.shape[0])
+                expected_normal[level].append(values[~anomalous])
+                expected_anomalous[level].append(values[anomalous])
+    for level in range(3):
+        for collected, expected in (
+            (callback._normal[level], expected_normal[level]),
+            (callback._anomalous[level], expected_anomalous[level]),
+        ):
+            expected_values = torch.cat(expected).sort().values
+            assert collected.seen == expected_values.numel() > 0
+            torch.testing.assert_close(collected.values.sort().values, expected_values, atol=1e-5, rtol=0)
+
+
+def test_subsampling_bounds_memory_and_is_uniform() -> None:
+    from anomalib_bgad.models.bgad.boundary_plot import _BottomKSample
+
+    sample = _BottomKSample(1000, torch.Generator().manual_seed(0))
+    for start in range(0, 100_000, 7_000):
+        sample.add(torch.arange(start, min(start + 7_000, 100_000), dtype=torch.float32))
+    assert sample.seen == 100_000
+    assert sample.values.numel() == 1000
+    assert sample.values.unique().numel() == 1000  # without replacement
+    assert 40_000 < sample.values.mean() < 60_000  # uniform over the stream, not the first or last batches
+    assert (sample.values < 50_000).sum() > 400 and (sample.values >= 50_000).sum() > 400
+
+
+@pytest.mark.slow
+def test_anomalib_train_cli_writes_the_histogram(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    command = [
+        str(Path(sys.executable).with_name("anomalib")), "train", "--model", "anomalib_bgad.Bgad",
+        "--model.coupling_blocks", "2", "--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_mvtec_root),
+        "--data.category", "brick", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+        "--seed_everything", "0", "--default_root_dir", str(results),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    (histogram,) = results.rglob(FILE_NAME)
+    assert (histogram.parent / "images").is_dir()
+    assert histogram.stat().st_size > 10_000

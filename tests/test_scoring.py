@@ -1,0 +1,205 @@
+"""Per-image scoring: the documented formula, batch invariance and the folded inference path.
+
+The score of an image must not depend on the other images in its batch (anomalib's CFLOW
+subtracts the batch maximum; the authors' BGAD the test-set maximum). These tests score images
+alone, in a batch of 32 and next to extreme images, and compare the fast inference path
+(folded coupling blocks, chunked rows, separable blur) with the formula computed the plain way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+
+from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
+from anomalib_bgad.models.bgad.torch_model import BgadModel
+
+ATOL = 1e-5  # the issue's batch-invariance tolerance, on raw scores/maps and on normalised ones
+
+
+def perturb_flows(model: BgadModel, seed: int = 0, scale: float = 0.05) -> None:
+    """Move the flows away from their near-identity initialisation, as training does."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.flows.parameters():
+            if parameter.requires_grad:
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.fixture(scope="module")
+def model() -> BgadModel:
+    """Small BGAD (2 blocks per flow, offline lite0 weights) with trained-like flows and a non-zero boundary."""
+    torch.manual_seed(0)
+    bgad = BgadModel(coupling_blocks=2)
+    perturb_flows(bgad)
+    bgad.normal_boundary.copy_(torch.tensor([-0.31, -0.42, -0.55]))
+    return bgad.eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """32 pre-processed 64 px images (ImageNet-normalised noise textures)."""
+    generator = torch.Generator().manual_seed(1)
+    smooth = F.avg_pool2d(torch.rand(32, 3, 72, 72, generator=generator), 9, stride=1)
+    return (smooth - 0.45) / 0.225
+
+
+def extreme_images() -> torch.Tensor:
+    """Garbage neighbours: huge noise, a constant, a saturated checkerboard, huge negative values."""
+    generator = torch.Generator().manual_seed(2)
+    checker = ((torch.arange(64).view(-1, 1) // 4 + torch.arange(64) // 4) % 2).float() * 200 - 100
+    return torch.stack(
+        [
+            1e4 * torch.randn(3, 64, 64, generator=generator),
+            torch.full((3, 64, 64), 55.0),
+            checker.expand(3, 64, 64),
+            torch.full((3, 64, 64), -1e3),
+        ]
+    )
+
+
+def reference_scores(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scoring formula computed the plain way, one image at a time.
+
+    ``map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)``, ``score = max(map)``, with ``l_k`` from the flow
+    through FrEIA's ``SequenceINN`` (not the folded inference path) and anomalib's 2D ``GaussianBlur2d``.
+    """
+    blur = GaussianBlur2d(sigma=4.0, channels=1, kernel_size=25)
+    maps = []
+    with torch.no_grad():
+        for image in images.split(1):
+            upsampled = []
+            for level, feature in enumerate(model.feature_extractor(image)):
+                _, _, height, width = feature.shape
+                log_likelihood = model.fiber_log_likelihood(level, model.to_fibers(feature), (height, width))
+                distance = model.normal_boundary[level] - log_likelihood.view(1, 1, height, width) / model.normalizer
+                upsampled.append(F.interpolate(distance, size=image.shape[-2:], mode="bilinear", align_corners=False))
+            maps.append(blur(torch.stack(upsampled).mean(dim=0)))
+    anomaly_map = torch.cat(maps)
+    return anomaly_map.amax(dim=(-3, -2, -1)), anomaly_map
+
+
+def score(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        output = model(images)
+    return output.pred_score, output.anomaly_map
+
+
+def test_scores_follow_the_documented_formula(model: BgadModel, images: torch.Tensor) -> None:
+    expected_score, expected_map = reference_scores(model, images[:4])
+    pred_score, anomaly_map = score(model, images[:4])
+    torch.testing.assert_close(anomaly_map, expected_map, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pred_score, expected_score, atol=ATOL, rtol=0)
+    # The boundary enters as a plain shift: the scores are distances below b_n, not clipped, not batch-scaled.
+    assert pred_score.std() > 1e-3
+
+
+@pytest.mark.parametrize("rows_per_chunk", [2048, 100], ids=["whole-maps-per-chunk", "slices-of-maps"])
+def test_image_scored_alone_in_a_batch_of_32_or_next_to_garbage_gets_the_same_score(
+    model: BgadModel,
+    images: torch.Tensor,
+    rows_per_chunk: int,
+) -> None:
+    for flow in model.flows:
+        flow.rows_per_chunk = rows_per_chunk
+    try:
+        alone = [score(model, image) for image in images.split(1)]
+        alone_scores = torch.cat([s for s, _ in alone])
+        alone_maps = torch.cat([m for _, m in alone])
+        batch_scores, batch_maps = score(model, images)
+        mixed = torch.cat([extreme_images()[:2], images[:5], extreme_images()[2:], images[5:8]])
+        mixed_scores, mixed_maps = score(model, mixed)
+    finally:
+        for flow in model.flows:
+            flow.rows_per_chunk = 2048
+    torch.testing.assert_close(batch_scores, alone_scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(batch_maps, alone_maps, atol=ATOL, rtol=0)
+    normal_in_mixed = torch.tensor([2, 3, 4, 5, 6, 9, 10, 11])
+    torch.testing.assert_close(mixed_scores[normal_in_mixed], alone_scores[:8], atol=ATOL, rtol=0)
+    torch.testing.assert_close(mixed_maps[normal_in_mixed], alone_maps[:8], atol=ATOL, rtol=0)
+    # The garbage really is scored as far outside the boundary (it would dominate any batch-wide normalisation).
+    assert mixed_scores[[0, 1, 7, 8]].min() > alone_scores.max()
+
+
+def test_lightning_pipeline_with_post_processing_is_batch_invariant(images: torch.Tensor) -> None:
+    """pre-processor -> model -> post-processor (normalisation + threshold learned on validation), as exported."""
+    torch.manual_seed(0)
+    module = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)), visualizer=False)
+    perturb_flows(module.model)
+    module.model.normal_boundary.copy_(torch.tensor([-0.3, -0.4, -0.5]))
+    module.eval()
+    raw = (images[:8] * 0.225 + 0.45).clamp(0, 1)  # RGB in 0..1, the exported graph's input
+    with torch.inference_mode():
+        raw_scores = module.model(module.pre_processor(raw)).pred_score
+    middle = raw_scores.sort().values[3:5].mean()  # between two images: no score sits exactly on the threshold
+    post = module.post_processor
+    post.image_min.fill_(raw_scores.min() - 0.01)
+    post.image_max.fill_(raw_scores.max() + 0.01)
+    post._image_threshold.fill_(middle)
+    post.pixel_min.fill_(raw_scores.min() - 0.5)
+    post.pixel_max.fill_(raw_scores.max() + 0.01)
+    post._pixel_threshold.fill_(middle)
+    garbage = torch.stack([torch.zeros(3, 64, 64), torch.ones(3, 64, 64)])
+    with torch.inference_mode():
+        together = module(torch.cat([garbage, raw]))
+        alone = [module(image) for image in raw.split(1)]
+    alone_scores = torch.cat([a.pred_score for a in alone])
+    torch.testing.assert_close(together.pred_score[2:], alone_scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(together.anomaly_map[2:], torch.cat([a.anomaly_map for a in alone]), atol=ATOL, rtol=0)
+    assert torch.equal(together.pred_label[2:], torch.cat([a.pred_label for a in alone]))
+    # The normalised scores straddle the stored threshold (0.5 after normalisation): labels are not trivial.
+    assert 0.0 < alone_scores.min() < 0.5 < alone_scores.max()
+    assert together.pred_label[2:].any() and not together.pred_label[2:].all()
+
+
+def test_cached_inference_tables_follow_parameter_updates(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    bgad = BgadModel(coupling_blocks=2).eval()
+    before, _ = score(bgad, images[:2])
+    perturb_flows(bgad, seed=5)  # in-place update, like an optimiser step
+    after, _ = score(bgad, images[:2])
+    expected, _ = reference_scores(bgad, images[:2])
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, expected, atol=ATOL, rtol=0)
+    fresh = BgadModel(coupling_blocks=2).eval()
+    fresh.load_state_dict(bgad.state_dict())
+    torch.testing.assert_close(score(fresh, images[:2])[0], expected, atol=ATOL, rtol=0)
+
+
+def test_whole_map_likelihood_keeps_gradients_in_training_mode(model: BgadModel) -> None:
+    features = [torch.randn(2, c, s, s) for c, s in zip(model.feature_extractor.channels, (16, 8, 4), strict=True)]
+    maps = model.log_likelihood_maps(features)
+    maps[0].sum().backward()
+    grads = [p.grad for p in model.flows[0].parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad(set_to_none=True)
+    for level, (feature, log_likelihood) in enumerate(zip(features, maps, strict=True)):
+        expected = model.fiber_log_likelihood(level, model.to_fibers(feature), tuple(feature.shape[-2:]))
+        torch.testing.assert_close(log_likelihood.detach().reshape(-1), expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_separable_blur_equals_anomalibs_gaussian_blur() -> None:
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 1, 70, 50, generator=generator)
+    generator_module = AnomalyMapGenerator(sigma=4.0)
+    torch.testing.assert_close(generator_module.smooth(maps), generator_module.blur(maps), atol=1e-6, rtol=0)
+
+
+def test_inference_mode_caches_do_not_break_later_autograd(images: torch.Tensor) -> None:
+    """Validation runs under ``torch.inference_mode``; training (or an export) with autograd may follow."""
+    torch.manual_seed(0)
+    bgad = BgadModel(coupling_blocks=1).eval()
+    with torch.inference_mode():
+        bgad(images[:1])
+    bgad.train()
+    maps = bgad(images[:1])
+    features = bgad.feature_extractor(images[:1])
+    fibers = bgad.to_fibers(features[0])
+    positions = torch.arange(fibers.shape[0])
+    trained = bgad.fiber_log_likelihood(0, fibers, tuple(features[0].shape[-2:]), positions)
+    (maps[0].sum() + trained.sum()).backward()
+    assert bgad.flows[0].inn.module_list[0].subnet.condition_layer.weight.grad is not None
