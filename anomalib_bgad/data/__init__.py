@@ -1,4 +1,5 @@
-"""Few-anomaly data for anomalib: labeled defects in training, RPAG pseudo anomalies, reproducible splits.
+"""Few-anomaly data for anomalib: labeled defects in training, RPAG and SmoothBlend pseudo anomalies,
+reproducible splits, on MVTec AD, BTAD, VisA and plain folders.
 
 Example:
     >>> from anomalib_bgad.data import FewAnomalyMVTecAD
@@ -13,24 +14,31 @@ from anomalib_bgad.data.foreground import compute_foreground
 from anomalib_bgad.data.manifest import SplitManifest
 from anomalib_bgad.data.mvtecad import FewAnomalyMVTecAD
 from anomalib_bgad.data.preview import preview_pseudo_anomalies
+from anomalib_bgad.data.pseudo_anomalies import PSEUDO_ANOMALY_SOURCES
 from anomalib_bgad.data.rpag import AUGMENTATIONS, generate_pseudo_anomaly
 from anomalib_bgad.data.selection import Selection, Setting, select_known_anomalies, stable_hash
+from anomalib_bgad.data.smoothblend import generate_smoothblend, smoothblend_sample
+from anomalib_bgad.data.visa import FewAnomalyVisa
 
 __all__ = [
     "AUGMENTATIONS",
     "EMBEDDED_CATEGORIES",
     "MANIFEST_FILENAME",
+    "PSEUDO_ANOMALY_SOURCES",
     "FewAnomalyBTAD",
     "FewAnomalyDataModule",
     "FewAnomalyFolder",
     "FewAnomalyMVTecAD",
+    "FewAnomalyVisa",
     "Selection",
     "Setting",
     "SplitManifest",
     "compute_foreground",
     "generate_embedded_dataset",
     "generate_pseudo_anomaly",
+    "generate_smoothblend",
     "preview_pseudo_anomalies",
     "select_known_anomalies",
+    "smoothblend_sample",
     "stable_hash",
 ]

@@ -1,4 +1,4 @@
-"""Shared behaviour of the few-anomaly datamodules (MVTec AD, BTAD, Folder).
+"""Shared behaviour of the few-anomaly datamodules (MVTec AD, BTAD, Folder, VisA).
 
 Each class is a thin layer over anomalib's datamodule of the same format: anomalib parses the folders
 and builds the test split as usual; then a few anomalous test images (with their masks) move to the
@@ -8,6 +8,13 @@ The validation split is made after the move, so the known anomalies leave valida
 Training batches carry ``gt_label`` (1 for anomalies) and ``gt_mask``. Models that do not train on
 anomalies (all of anomalib's unsupervised models) get normal images only, from the same split, so that
 side-by-side comparisons use identical test data; see ``train_anomalies``.
+
+Pseudo anomalies are added to every training epoch (``pseudo_anomaly_source``): ``"rpag"`` pastes
+augmented known anomalies on normal images (BGAD's RPAG), ``"smoothblend"`` blends a colour-jittered patch
+of a normal image back elsewhere in it (SPD's SmoothBlend, needs no known anomaly, so BGAD's phase 2 also
+runs with ``n_anomalies=0``), ``"both"`` uses the two. ``pseudo_anomalies`` is the number per epoch *of
+each source*: an ``int`` is a count, a ``float`` a ratio of the known anomalies (so with ``n_anomalies=0``
+SmoothBlend needs an ``int``).
 
 Example:
     >>> from anomalib.engine import Engine
@@ -30,7 +37,14 @@ from torch.utils.data import DataLoader
 import anomalib_bgad
 from anomalib_bgad.data import validation
 from anomalib_bgad.data.manifest import SplitManifest, relative_path
-from anomalib_bgad.data.pseudo_anomalies import EpochSampler, FewAnomalyTrainSet
+from anomalib_bgad.data.pseudo_anomalies import (
+    RPAG,
+    SMOOTHBLEND,
+    EpochSampler,
+    FewAnomalyTrainSet,
+    check_pseudo_source,
+    source_parts,
+)
 from anomalib_bgad.data.selection import Selection, Setting, select_known_anomalies
 
 logger = logging.getLogger(__name__)
@@ -100,9 +114,12 @@ class FewAnomalyDataModule(AnomalibDataModule):
         manifest_path: Path | str | None,
         replay_manifest: Path | str | None,
         verify_images: bool,
+        pseudo_anomaly_source: str = RPAG,
     ) -> None:
         setting = setting.value if isinstance(setting, Setting) else setting
         validation.check_arguments(n_anomalies, setting, pseudo_anomalies, repeat_anomalies, self.seed)
+        check_pseudo_source(pseudo_anomaly_source, n_anomalies, pseudo_anomalies)
+        self.pseudo_anomaly_source = pseudo_anomaly_source
         self.n_anomalies = n_anomalies
         self.setting = setting
         self.seen_defect_type = seen_defect_type
@@ -295,6 +312,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             "seen_defect_type": self.seen_defect_type,
             "seed": self.seed,
             "pseudo_anomalies": self.pseudo_anomalies,
+            "pseudo_anomaly_source": self.pseudo_anomaly_source,
             "repeat_anomalies": self.repeat_anomalies,
             "train_anomalies": self.train_anomalies,
             "paste_in_foreground": self.paste_in_foreground,
@@ -336,6 +354,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             train_images=sorted(relative_path(path, root) for path in normal_train.image_path),
             test_images=sorted(relative_path(path, root) for path in self.test_data.samples.image_path),
             init_args=self._init_args(),
+            pseudo_anomaly_source=self.pseudo_anomaly_source,
             package_version=anomalib_bgad.__version__,
         )
 
@@ -462,12 +481,27 @@ class FewAnomalyDataModule(AnomalibDataModule):
         )
 
     @property
-    def num_pseudo_anomalies(self) -> int:
-        """Pseudo anomalies per epoch: ``pseudo_anomalies`` if an int, else that ratio of the known anomalies."""
+    def pseudo_anomaly_counts(self) -> dict[str, int]:
+        """Pseudo anomalies per epoch of each source of ``pseudo_anomaly_source`` (``{"rpag": n, "smoothblend": m}``).
+
+        Each selected source makes ``pseudo_anomalies`` of them if it is an int, else that ratio of the known
+        anomalies. RPAG makes none without known anomalies.
+        """
         known = 0 if self._known_anomalies is None else len(self._known_anomalies)
         if isinstance(self.pseudo_anomalies, int):
-            return self.pseudo_anomalies if known else 0
-        return round(self.pseudo_anomalies * known)
+            count = self.pseudo_anomalies
+        else:
+            count = round(self.pseudo_anomalies * known)
+        parts = source_parts(self.pseudo_anomaly_source)
+        return {
+            RPAG: count if RPAG in parts and known else 0,
+            SMOOTHBLEND: count if SMOOTHBLEND in parts else 0,
+        }
+
+    @property
+    def num_pseudo_anomalies(self) -> int:
+        """All pseudo anomalies per epoch (see :attr:`pseudo_anomaly_counts`)."""
+        return sum(self.pseudo_anomaly_counts.values())
 
     def _paste_in_foreground(self) -> bool:
         if self.paste_in_foreground is not None:
@@ -492,11 +526,13 @@ class FewAnomalyDataModule(AnomalibDataModule):
                 num_workers=self.num_workers,
                 collate_fn=collate,
             )
+        counts = self.pseudo_anomaly_counts
         train_set = FewAnomalyTrainSet(
             self.train_data,
-            num_pseudo=self.num_pseudo_anomalies,
+            num_pseudo=counts[RPAG],
             seed=self.seed,
             paste_in_foreground=self._paste_in_foreground(),
+            num_smoothblend=counts[SMOOTHBLEND],
         )
         sampler = EpochSampler(train_set, repeat_anomalies=self.repeat_anomalies, seed=self.seed)
         trainer = getattr(self, "trainer", None)

@@ -39,6 +39,8 @@ class FewAnomalyBTAD(FewAnomalyDataModule, BTech):
         setting (Literal["multi_class", "one_class"]): See :class:`FewAnomalyMVTecAD`. Defaults to ``"multi_class"``.
         seen_defect_type (str | None): One-class seen defect type. Defaults to ``None``.
         pseudo_anomalies (int | float): Pseudo anomalies per epoch (count or ratio). Defaults to ``5.0``.
+        pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): See :class:`FewAnomalyMVTecAD`.
+            Defaults to ``"rpag"``.
         repeat_anomalies (int): Times each known anomaly appears per epoch. Defaults to ``5``.
         train_anomalies (bool | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
         paste_in_foreground (bool | None): ``None``: no (the authors paste anywhere on BTAD). Defaults to ``None``.
@@ -69,6 +71,7 @@ class FewAnomalyBTAD(FewAnomalyDataModule, BTech):
         setting: Literal["multi_class", "one_class"] = "multi_class",
         seen_defect_type: str | None = None,
         pseudo_anomalies: int | float = 5.0,
+        pseudo_anomaly_source: Literal["rpag", "smoothblend", "both"] = "rpag",
         repeat_anomalies: int = 5,
         train_anomalies: bool | None = None,
         paste_in_foreground: bool | None = None,
@@ -104,6 +107,7 @@ class FewAnomalyBTAD(FewAnomalyDataModule, BTech):
             manifest_path,
             replay_manifest,
             verify_images,
+            pseudo_anomaly_source,
         )
 
     _LAYOUT = "<root>/<category>/train/ok, test/ok, test/ko, ground_truth/ko/<name>.png"

@@ -55,6 +55,8 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
         setting (Literal["multi_class", "one_class"]): See :class:`FewAnomalyMVTecAD`. Defaults to ``"multi_class"``.
         seen_defect_type (str | None): One-class seen defect type. Defaults to ``None``.
         pseudo_anomalies (int | float): Pseudo anomalies per epoch (count or ratio). Defaults to ``5.0``.
+        pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): See :class:`FewAnomalyMVTecAD`.
+            Defaults to ``"rpag"``.
         repeat_anomalies (int): Times each known anomaly appears per epoch. Defaults to ``5``.
         train_anomalies (bool | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
         paste_in_foreground (bool | None): ``None``: no. Defaults to ``None``.
@@ -91,6 +93,7 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
         setting: Literal["multi_class", "one_class"] = "multi_class",
         seen_defect_type: str | None = None,
         pseudo_anomalies: int | float = 5.0,
+        pseudo_anomaly_source: Literal["rpag", "smoothblend", "both"] = "rpag",
         repeat_anomalies: int = 5,
         train_anomalies: bool | None = None,
         paste_in_foreground: bool | None = None,
@@ -132,6 +135,7 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
             manifest_path,
             replay_manifest,
             verify_images,
+            pseudo_anomaly_source,
         )
 
     @staticmethod

@@ -41,7 +41,7 @@ class SplitManifest:
 
     Attributes:
         datamodule (str): Import path of the datamodule class, e.g. ``anomalib_bgad.data.FewAnomalyBTAD``.
-        dataset (str): Dataset name used for seeding (``MVTecAD``, ``BTAD``, ``Folder``).
+        dataset (str): Dataset name used for seeding (``MVTecAD``, ``BTAD``, ``Folder``, ``VisA``).
         category (str): Category (Folder: the dataset ``name``).
         root (str): Absolute dataset root when the manifest was written (informative only).
         setting (str): ``multi_class`` or ``one_class``.
@@ -54,6 +54,8 @@ class SplitManifest:
         train_images (list[str]): Normal training images.
         test_images (list[str]): Final test images.
         init_args (dict[str, Any]): JSON-serialisable datamodule arguments (replayed by ``from_manifest``).
+        pseudo_anomaly_source (str): Pseudo anomalies of the run: ``rpag``, ``smoothblend`` or ``both`` (not part
+            of the split: a replay may change it). ``rpag`` for manifests written before it was recorded.
         package_version (str): ``anomalib_bgad`` version.
         format (str): Format tag.
         format_version (int): Format version.
@@ -73,6 +75,7 @@ class SplitManifest:
     train_images: list[str]
     test_images: list[str]
     init_args: dict[str, Any] = field(default_factory=dict)
+    pseudo_anomaly_source: str = "rpag"
     package_version: str = ""
     format: str = MANIFEST_FORMAT
     format_version: int = MANIFEST_VERSION

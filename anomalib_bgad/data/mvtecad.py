@@ -46,8 +46,13 @@ class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD):
             image of that type removed from test. Defaults to ``"multi_class"``.
         seen_defect_type (str | None): One-class seen defect type; ``None``: chosen by the seed.
             Defaults to ``None``.
-        pseudo_anomalies (int | float): RPAG pseudo anomalies per epoch: an ``int`` is a count, a ``float`` a
-            ratio of the known anomalies (authors: ``5.0``); ``0`` disables. Defaults to ``5.0``.
+        pseudo_anomalies (int | float): Pseudo anomalies per epoch of each ``pseudo_anomaly_source``: an ``int``
+            is a count, a ``float`` a ratio of the known anomalies (authors' RPAG: ``5.0``); ``0`` disables.
+            Defaults to ``5.0``.
+        pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): ``"rpag"``: augmented known anomalies
+            pasted on normal images (BGAD). ``"smoothblend"``: a colour-jittered patch of a normal image blended
+            back elsewhere (SPD; needs no known anomaly, so it works with ``n_anomalies=0`` and an int
+            ``pseudo_anomalies``). ``"both"``: ``pseudo_anomalies`` of each. Defaults to ``"rpag"``.
         repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``). Defaults to ``5``.
         train_anomalies (bool | None): Put anomalies in the training batches. ``None``: only for models with
             ``trains_on_anomalies = True`` (anomalib's unsupervised models train on normal images only).
@@ -83,6 +88,7 @@ class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD):
         setting: Literal["multi_class", "one_class"] = "multi_class",
         seen_defect_type: str | None = None,
         pseudo_anomalies: int | float = 5.0,
+        pseudo_anomaly_source: Literal["rpag", "smoothblend", "both"] = "rpag",
         repeat_anomalies: int = 5,
         train_anomalies: bool | None = None,
         paste_in_foreground: bool | None = None,
@@ -118,6 +124,7 @@ class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD):
             manifest_path,
             replay_manifest,
             verify_images,
+            pseudo_anomaly_source,
         )
 
     _LAYOUT = "<root>/<category>/train/good/*.png, test/<defect>/*.png, ground_truth/<defect>/<name>_mask.png"

@@ -1,4 +1,4 @@
-"""Preview grid of RPAG pseudo anomalies, to check them by eye before training.
+"""Preview grid of pseudo anomalies (RPAG and/or SmoothBlend), to check them by eye before training.
 
 Example:
     >>> from anomalib_bgad.data import FewAnomalyMVTecAD, preview_pseudo_anomalies
@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as tvf
 from torchvision.utils import make_grid
 
 from anomalib_bgad.data.base import FewAnomalyDataModule
-from anomalib_bgad.data.pseudo_anomalies import FewAnomalyTrainSet
+from anomalib_bgad.data.pseudo_anomalies import RPAG, SMOOTHBLEND, FewAnomalyTrainSet, check_pseudo_source, source_parts
 
 
 def _build(datamodule: FewAnomalyDataModule | str | Path | dict[str, Any]) -> FewAnomalyDataModule:
@@ -56,8 +56,12 @@ def preview_pseudo_anomalies(
     epoch: int = 0,
     columns: int = 4,
     cell_size: int = 192,
+    source: str | None = None,
 ) -> Path:
     """Write a PNG grid of generated pseudo anomalies: each sample and, next to it, its pasted mask in red.
+
+    The samples are those of training (same seed, epoch and indices): with ``"both"``, the first half are RPAG
+    samples and the rest SmoothBlend samples.
 
     Args:
         datamodule (FewAnomalyDataModule | str | Path | dict[str, Any]): Few-anomaly datamodule (set up if
@@ -67,30 +71,37 @@ def preview_pseudo_anomalies(
         epoch (int): Epoch whose pseudo anomalies to show (they change every epoch). Defaults to ``0``.
         columns (int): Samples per row. Defaults to ``4``.
         cell_size (int): Side of each image in the grid, in pixels. Defaults to ``192``.
+        source (str | None): ``"rpag"``, ``"smoothblend"`` or ``"both"``; ``None``: the datamodule's
+            ``pseudo_anomaly_source``. Defaults to ``None``.
 
     Returns:
         Path: The written PNG.
 
     Raises:
-        ValueError: If the split has no known anomaly to paste.
+        ValueError: If RPAG samples are asked for and the split has no known anomaly to paste.
     """
     datamodule = _build(datamodule)
+    source = datamodule.pseudo_anomaly_source if source is None else source
+    check_pseudo_source(source, 1, 0)
     if datamodule.selection is None:
         datamodule.setup()
+    parts = source_parts(source)
+    num_rpag = (num_samples + 1) // 2 if len(parts) == 2 else (num_samples if RPAG in parts else 0)
     train_set = FewAnomalyTrainSet(
         datamodule.train_data,
-        num_pseudo=num_samples,
+        num_pseudo=num_rpag,
         seed=datamodule.seed,
         paste_in_foreground=datamodule._paste_in_foreground(),
+        num_smoothblend=num_samples - num_rpag if SMOOTHBLEND in parts else 0,
     )
-    if train_set.num_pseudo == 0:
+    if RPAG in parts and train_set.num_rpag == 0:
         msg = (
             f"{datamodule.name} has no known anomaly to paste (n_anomalies={datamodule.n_anomalies}); "
-            "set n_anomalies >= 1 to preview pseudo anomalies."
+            "set n_anomalies >= 1 to preview RPAG pseudo anomalies, or source='smoothblend' (from normal images)."
         )
         raise ValueError(msg)
     cells = []
-    for index in range(num_samples):
+    for index in range(train_set.num_pseudo):
         image, mask, _, _ = train_set.generate(epoch, index)
         image = tvf.resize_image(image, [cell_size, cell_size], antialias=True).clamp(0.0, 1.0)
         mask = tvf.resize_mask(mask[None].to(torch.uint8), [cell_size, cell_size])[0] > 0
