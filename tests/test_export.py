@@ -200,7 +200,7 @@ def test_cli_train_export_openvino_and_onnx_then_predict(
     images = sorted((tiny_mvtec_root / "brick" / "test").rglob("*.png"))
     predict_root = tmp_path / "predicted"
     run_anomalib(
-        "predict", "--model", "anomalib_bgad.Bgad", "--ckpt_path", str(checkpoint),
+        "predict", *model, "--ckpt_path", str(checkpoint),
         "--data", str(images[0].parent), "--default_root_dir", str(predict_root), cwd=tmp_path,
     )  # fmt: skip
     assert any(predict_root.rglob("*.png")), "anomalib predict wrote no visualisation"
