@@ -5,13 +5,16 @@ SmoothBlend makes a subtle, local defect out of a normal image alone: a small pa
 colour-jittered, and blended back at another place of the same image through a smooth alpha. No labeled
 anomaly is needed, so BGAD's phase 2 can run with zero real anomalies.
 
-Definition used here (the SPD paper describes the idea; the numbers below are this project's choices):
+Definition used here (the SPD paper describes the idea; the numbers below are this project's choices, not
+values taken from the paper):
 
-* **Patch**: a rectangle of ``area`` (fraction of the image area, uniform in ``(0.005, 0.02)``) and aspect
-  ratio log-uniform in ``(1/3, 3)``, at least 4 pixels a side and at most half the image a side.
+* **Patch**: a rectangle of ``area`` (fraction of the image area, uniform in ``(0.005, 0.02)``: "small", below
+  CutPaste's usual 2-15 %) and aspect ratio log-uniform in ``(1/3, 3)``, at least 4 pixels a side and at most
+  half the image a side.
 * **Colour jitter** of the patch, in random order: brightness, contrast and saturation factors uniform in
   ``[1 - j, 1 + j]`` and a hue shift uniform in ``[-j_h, j_h]`` (``jitter = (0.1, 0.1, 0.1, 0.1)``, the
-  values of CutPaste's colour jitter, which SmoothBlend extends).
+  colour jitter of the common PyTorch CutPaste implementation; SmoothBlend extends CutPaste). Saturation and
+  hue do nothing on grey images.
 * **Alpha**: the patch's box blurred by a Gaussian of ``sigma = s * min(patch height, width)`` with ``s``
   uniform in ``(0.1, 0.2)``, computed with zero padding so that it falls off towards the patch border
   (``alpha`` is about 0.5 on the border and 0.25 in the corners).
