@@ -1,0 +1,372 @@
+"""Benchmark suites: the YAML schema, command-line overrides and the expansion into jobs and result rows.
+
+A suite file (``benchmarks/suites/<name>.yaml``) names a dataset, a set of models and a set of settings.
+It expands into **rows** (one result each: model x category x setting x seed) and **jobs** (one training
+run each, executed by :mod:`benchmarks.worker`):
+
+* a model that trains on the labeled anomalies (``train_anomalies: true``: BGAD, BGAD-dagger, supervised
+  SuperSimpleNet) gets one job per row, because every setting changes its training data;
+* a model that does not (NFAD, BGAD-w/o, PatchCore, PaDiM, CFLOW, unsupervised SuperSimpleNet) sees the same
+  normal training images in every setting, so it is trained **once** per (category, seed) and that one model
+  is tested on the test split of every setting it is listed for. Only the test set differs between its rows.
+
+Every row's split comes from a split manifest of :mod:`anomalib_bgad.data` stored under
+``<results>/splits/<category>/<split>/seed<k>.json``: the first job that needs a split writes it, every later
+job (any model) replays it with ``FewAnomaly*.from_manifest``, so all models see exactly the same images.
+
+Schema (see ``benchmarks/suites/embedded.yaml`` for a commented example)::
+
+    suite: name                    # results go to benchmarks/results/<suite>/
+    title: str
+    description: str               # free text at the top of the markdown
+    shrunk: str                    # what was reduced from the paper protocol (markdown), shown in the header
+    notes: str                     # hand-written closing note (markdown), shown under the computed one
+    command: str                   # the command that produced the committed results
+    dataset:
+      datamodule: anomalib_bgad.data.FewAnomalyMVTecAD
+      root: path                   # relative to the current directory
+      embedded: {...}              # optional: generate_embedded_dataset(root, **embedded) before running
+      categories: [..]
+      args: {...}                  # extra datamodule init args (batch sizes, workers, pseudo anomalies)
+    image_size: 256
+    backbone: tf_efficientnet_lite0   # injected as init_args.backbone unless a model sets its own
+    offline: true                  # HF_HUB_OFFLINE=1 and the offline weights installed into a HF cache
+    seeds: [0, 1, 2]
+    threads: 2                     # torch threads per job
+    parallel: 1                    # jobs run at the same time (one worker process each)
+    job_timeout: 1800              # seconds; a job running longer is killed and recorded as failed
+    headline_n: 10                 # optional: the multi-class anomaly count of the main tables (default: that of
+                                   # settings.multi_class)
+    settings:
+      multi_class: {n_anomalies: 10, models: [...]}                  # models: optional subset
+      one_class: {n_anomalies: 10, seen_defect_types: [..] | all, models: [...]}
+      sweep: {n_anomalies: [0, 1, 5, 10], models: [...],             # multi-class at several counts
+              zero_from: {bgad: bgad_wo}}    # optional: a model's 0-anomaly point is another's (same training)
+    models:
+      <name>:
+        label: str
+        class_path: anomalib_bgad.Bgad
+        init_args: {...}
+        max_epochs: 1
+        train_anomalies: false
+        datamodule_args: {...}     # optional per-model datamodule args that do not change the split (batch size)
+        note: str                  # shown next to the model in the tables (e.g. a different backbone)
+        runner: module:function    # optional: run the job with this callable instead of anomalib's Engine
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SETTING_KINDS = ("multi_class", "one_class", "sweep")
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+DEFAULT_DATAMODULE = "anomalib_bgad.data.FewAnomalyMVTecAD"
+
+
+class SuiteError(ValueError):
+    """A suite file or an override is invalid."""
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a suite YAML and apply ``key.path=value`` overrides (values parsed as YAML).
+
+    Args:
+        path (str | Path): Suite file.
+        overrides (list[str] | None): E.g. ``["dataset.root=/data/MVTecAD", "models.bgad.max_epochs=2"]``.
+
+    Returns:
+        dict[str, Any]: The suite, validated, with defaults filled in.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Suite file '{path}' does not exist. Suites live in benchmarks/suites/*.yaml."
+        raise SuiteError(msg)
+    suite = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for item in overrides or []:
+        apply_override(suite, item)
+    return validate_suite(suite, source=str(path))
+
+
+def apply_override(suite: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in ``suite`` (intermediate mappings are created; ``value`` is parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        msg = f"Override '{item}' must look like key.path=value, e.g. models.bgad.max_epochs=2."
+        raise SuiteError(msg)
+    parts = key.strip().split(".")
+    node = suite
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def validate_suite(suite: dict[str, Any], source: str = "<suite>") -> dict[str, Any]:
+    """Check the suite's structure and fill defaults; raise :class:`SuiteError` naming the problem."""
+    suite = copy.deepcopy(suite)
+    for required in ("suite", "dataset", "models", "settings"):
+        if required not in suite:
+            msg = f"{source}: missing top-level key '{required}'."
+            raise SuiteError(msg)
+    dataset = suite["dataset"]
+    if not isinstance(dataset, dict) or "root" not in dataset or not dataset.get("categories"):
+        msg = f"{source}: dataset needs 'root' and a non-empty 'categories' list."
+        raise SuiteError(msg)
+    dataset.setdefault("datamodule", DEFAULT_DATAMODULE)
+    dataset.setdefault("args", {})
+    dataset["categories"] = [str(c) for c in dataset["categories"]]
+    suite.setdefault("title", f"Benchmark '{suite['suite']}'")
+    for key in ("description", "shrunk", "notes", "command"):
+        suite.setdefault(key, "")
+    suite.setdefault("image_size", 256)
+    suite.setdefault("backbone", None)
+    suite.setdefault("offline", False)
+    suite.setdefault("seeds", [0])
+    suite["seeds"] = [int(s) for s in suite["seeds"]]
+    suite.setdefault("threads", 2)
+    suite.setdefault("parallel", 1)
+    suite.setdefault("job_timeout", 3600)
+    suite.setdefault("accelerator", "cpu")
+    models = suite["models"]
+    if not isinstance(models, dict) or not models:
+        msg = f"{source}: 'models' must be a non-empty mapping name -> spec."
+        raise SuiteError(msg)
+    for name, spec in models.items():
+        if not isinstance(spec, dict) or ("class_path" not in spec and "runner" not in spec):
+            msg = f"{source}: model '{name}' needs a 'class_path' (or a 'runner')."
+            raise SuiteError(msg)
+        spec.setdefault("label", name)
+        spec.setdefault("init_args", {})
+        spec.setdefault("max_epochs", 1)
+        spec.setdefault("train_anomalies", False)
+        spec.setdefault("note", "")
+    settings = suite["settings"]
+    # The main tables show the multi-class setting at its anomaly count (10 in the paper).
+    suite.setdefault("headline_n", int((settings.get("multi_class") or {}).get("n_anomalies", 10)))
+    unknown = sorted(set(settings) - set(SETTING_KINDS))
+    if unknown:
+        msg = f"{source}: unknown setting(s) {unknown}; use {list(SETTING_KINDS)}."
+        raise SuiteError(msg)
+    for kind, spec in settings.items():
+        if spec is None:
+            settings[kind] = spec = {}
+        chosen = spec.get("models")
+        if chosen is not None:
+            missing = sorted(set(chosen) - set(models))
+            if missing:
+                msg = f"{source}: settings.{kind}.models names unknown model(s) {missing}."
+                raise SuiteError(msg)
+        aliases = spec.get("zero_from") or {}
+        missing = sorted((set(aliases) | set(aliases.values())) - set(models))
+        if missing:
+            msg = f"{source}: settings.{kind}.zero_from names unknown model(s) {missing}."
+            raise SuiteError(msg)
+    return suite
+
+
+@dataclass(frozen=True)
+class Split:
+    """One few-anomaly split of a category (shared by every model and stored as one manifest per seed)."""
+
+    setting: str  # multi_class | one_class
+    n_anomalies: int
+    seen_defect_type: str | None = None
+
+    @property
+    def split_id(self) -> str:
+        """Folder name of the split, e.g. ``multi_class_n10`` or ``one_class_crack_n10``."""
+        seen = f"_{self.seen_defect_type}" if self.seen_defect_type else ""
+        return f"{self.setting}{seen}_n{self.n_anomalies}"
+
+
+@dataclass
+class Row:
+    """One result: a model tested on one split of one category with one seed."""
+
+    model: str
+    category: str
+    split: Split
+    seed: int
+    config_hash: str
+
+    @property
+    def key(self) -> str:
+        """Stable identity used for resuming."""
+        return f"{self.model}|{self.category}|{self.split.split_id}|seed{self.seed}"
+
+
+@dataclass
+class Job:
+    """One training run (one model, category, seed), tested on one or more splits."""
+
+    model: str
+    category: str
+    seed: int
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def job_id(self) -> str:
+        """Unique, filesystem-friendly name."""
+        if len(self.rows) == 1:
+            return f"{self.model}__{self.category}__{self.rows[0].split.split_id}__seed{self.seed}"
+        return f"{self.model}__{self.category}__shared__seed{self.seed}"
+
+
+def list_defect_types(root: str | Path, category: str) -> list[str]:
+    """Defect types of an MVTec-format category (``<root>/<category>/test/<type>`` except ``good``)."""
+    test_dir = Path(root) / category / "test"
+    if not test_dir.is_dir():
+        msg = (
+            f"Cannot list the defect types of '{category}': '{test_dir}' does not exist. "
+            "Point dataset.root at your copy (--root) or list settings.one_class.seen_defect_types explicitly."
+        )
+        raise SuiteError(msg)
+    return sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in {"good", "ok"})
+
+
+def model_splits(suite: dict[str, Any], model: str, category: str) -> list[Split]:
+    """The splits ``model`` is evaluated on for ``category``, in a stable order, without duplicates."""
+    splits: list[Split] = []
+    settings = suite["settings"]
+
+    def wanted(kind: str) -> bool:
+        spec = settings.get(kind)
+        return spec is not None and (spec.get("models") is None or model in spec["models"])
+
+    if wanted("multi_class"):
+        splits.append(Split("multi_class", int(settings["multi_class"].get("n_anomalies", suite["headline_n"]))))
+    if wanted("one_class"):
+        spec = settings["one_class"]
+        seen = spec.get("seen_defect_types", "all")
+        if seen == "all" or seen is None:
+            seen = list_defect_types(suite["dataset"]["root"], category)
+        elif isinstance(seen, dict):  # per-category lists
+            seen = seen.get(category, [])
+        splits.extend(Split("one_class", int(spec.get("n_anomalies", suite["headline_n"])), str(s)) for s in seen)
+    if wanted("sweep"):
+        counts = settings["sweep"].get("n_anomalies", [])
+        # A model whose 0-anomaly point is taken from another model (identical training) skips n = 0.
+        stand_in = model in (settings["sweep"].get("zero_from") or {})
+        splits.extend(Split("multi_class", int(n)) for n in counts if not (stand_in and int(n) == 0))
+    unique: list[Split] = []
+    for split in splits:
+        if split not in unique:
+            unique.append(split)
+    return unique
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def row_config_hash(suite: dict[str, Any], model: str, split: Split) -> str:
+    """Hash of everything that determines a row's result; a changed hash makes a stored result stale."""
+    dataset = suite["dataset"]
+    return _digest(
+        {
+            "model": suite["models"][model],
+            "dataset": {key: dataset.get(key) for key in ("datamodule", "root", "embedded", "args")},
+            "image_size": suite["image_size"],
+            "backbone": suite["backbone"],
+            "split": [split.setting, split.n_anomalies, split.seen_defect_type],
+        }
+    )
+
+
+def expand(
+    suite: dict[str, Any],
+    models: list[str] | None = None,
+    categories: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> list[Job]:
+    """Expand a suite into jobs (model-major order, then category, seed, split).
+
+    Args:
+        suite (dict[str, Any]): Validated suite.
+        models (list[str] | None): Only these models. Defaults to all.
+        categories (list[str] | None): Only these categories. Defaults to all.
+        seeds (list[int] | None): Only these seeds. Defaults to all.
+
+    Returns:
+        list[Job]: Jobs, each with its rows.
+    """
+    for name, allowed, known in (
+        ("model", models, list(suite["models"])),
+        ("category", categories, suite["dataset"]["categories"]),
+        ("seed", seeds, suite["seeds"]),
+    ):
+        unknown = sorted(set(allowed or []) - set(known), key=str)
+        if unknown:
+            msg = f"Unknown {name}(s) {unknown}; the suite has {known}."
+            raise SuiteError(msg)
+    jobs: list[Job] = []
+    for model in suite["models"]:
+        if models and model not in models:
+            continue
+        spec = suite["models"][model]
+        for category in suite["dataset"]["categories"]:
+            if categories and category not in categories:
+                continue
+            splits = model_splits(suite, model, category)
+            for seed in suite["seeds"]:
+                if seeds is not None and seed not in seeds:
+                    continue
+                rows = [Row(model, category, split, seed, row_config_hash(suite, model, split)) for split in splits]
+                if not rows:
+                    continue
+                if spec["train_anomalies"]:
+                    jobs.extend(Job(model, category, seed, [row]) for row in rows)
+                else:
+                    jobs.append(Job(model, category, seed, rows))
+    return jobs
+
+
+def manifest_path(results_dir: str | Path, category: str, split: Split, seed: int) -> Path:
+    """Where the split manifest of (category, split, seed) is stored."""
+    return Path(results_dir) / "splits" / category / split.split_id / f"seed{seed}.json"
+
+
+def job_payload(suite: dict[str, Any], job: Job, results_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """Everything the worker needs to run ``job``, as plain JSON-friendly data."""
+    spec = copy.deepcopy(suite["models"][job.model])
+    init_args = dict(spec.get("init_args") or {})
+    if suite.get("backbone") and "backbone" not in init_args and spec.get("inject_backbone", True):
+        init_args["backbone"] = suite["backbone"]
+    spec["init_args"] = init_args
+    dataset = suite["dataset"]
+    return {
+        "job_id": job.job_id,
+        "suite": suite["suite"],
+        "model_name": job.model,
+        "model": spec,
+        "category": job.category,
+        "seed": job.seed,
+        "image_size": int(suite["image_size"]),
+        "accelerator": suite["accelerator"],
+        "threads": int(suite["threads"]),
+        "dataset": {
+            "datamodule": dataset["datamodule"],
+            "root": str(Path(dataset["root"]).resolve()),
+            "args": dict(dataset.get("args") or {}),
+        },
+        "work_dir": str((work_dir / "jobs" / job.job_id).resolve()),
+        "rows": [
+            {
+                "key": row.key,
+                "setting": row.split.setting,
+                "n_anomalies": row.split.n_anomalies,
+                "seen_defect_type": row.split.seen_defect_type,
+                "manifest": str(manifest_path(results_dir, job.category, row.split, job.seed).resolve()),
+                "config_hash": row.config_hash,
+            }
+            for row in job.rows
+        ],
+    }
