@@ -175,6 +175,11 @@ class Bgad(AnomalibModule):
         """Whether the current epoch is in phase 2 (boundary guided optimising)."""
         return self.current_epoch >= self.phase1_epochs
 
+    @property
+    def trains_on_anomalies(self) -> bool:
+        """Tells few-anomaly datamodules to include labeled and pseudo anomalies (not for ``nfad``/``bgad_wo``)."""
+        return self.loss.mode.uses_anomalies
+
     def _fiber_generator(self, batch_idx: int) -> torch.Generator:
         """RNG for the fiber shuffle, fixed by (seed, epoch, batch) so that resumed runs shuffle alike."""
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
