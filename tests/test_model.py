@@ -126,8 +126,11 @@ def test_phase_switch_and_boundary_checkpoint_round_trip(
     tmp_path: Path,
 ) -> None:
     from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
 
     from anomalib_bgad.data import FewAnomalyMVTecAD
+
+    seed_everything(3)
 
     datamodule = FewAnomalyMVTecAD(
         root=tiny_mvtec_root,
@@ -149,7 +152,6 @@ def test_phase_switch_and_boundary_checkpoint_round_trip(
         callbacks=[recorder.callback],
         logger=False,
         enable_progress_bar=False,
-        seed=3,
     )
     engine.fit(model, datamodule=datamodule)
 
