@@ -30,9 +30,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
@@ -43,15 +45,71 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch.optim import Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .boundary_plot import BoundaryHistogram
-from .loss import BgadLoss
+from .loss import BgadLoss, all_ranks_true, is_distributed, max_over_ranks
 from .torch_model import BgadModel
 
 logger = logging.getLogger(__name__)
+
+# Stop rule, part 2: an epoch in which more than this fraction of the fiber chunks had to be skipped
+# (non-finite log-likelihood, loss or gradient) stops training. Part 1 is ``nonfinite_patience``.
+MAX_SKIPPED_CHUNK_FRACTION = 0.5
+
+# Init args that define the function computed from a checkpoint's weights: loading a checkpoint into a model
+# built with other values fails (shape mismatch) or, worse, silently computes something else.
+ARCHITECTURE_HPARAMS = ("backbone", "layers", "condition_vector", "coupling_blocks", "clamp_alpha", "permute_soft")
+SCORING_HPARAMS = ("normalizer",)  # the stored boundary is in units of l / normalizer
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Training produced NaN/Inf persistently; raised instead of writing a NaN model or NaN scores."""
+
+
+def _same_hparam(saved: Any, current: Any) -> bool:
+    """Compare a saved and a current init arg; sequences compare element-wise whatever their type."""
+    if isinstance(saved, list | tuple) or isinstance(current, list | tuple):
+        try:
+            return [int(v) for v in saved] == [int(v) for v in current]
+        except (TypeError, ValueError):
+            return list(saved) == list(current)
+    if isinstance(saved, float) or isinstance(current, float):
+        try:
+            return math.isclose(float(saved), float(current), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return saved == current
+
+
+def _cli_value(value: Any) -> str:
+    """Render an init arg as on anomalib's command line (``[1,2,3]`` for sequences)."""
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states (torch CPU, numpy, Python) as plain data that loads under ``weights_only=True``."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def downsample_mask(masks: torch.Tensor | None, size: tuple[int, int], batch_size: int) -> torch.Tensor:
@@ -99,6 +157,10 @@ class Bgad(AnomalibModule):
         permute_soft (bool): Soft permutations in the flows. Defaults to ``True``.
         sigma (float): Gaussian smoothing of the anomaly map (pixels); 0 disables. Defaults to ``4``.
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
+        nonfinite_patience (int): A fiber chunk whose log-likelihood, loss or gradient norm is NaN/Inf is skipped
+            (no optimiser step, no boundary update) and counted (``train_nonfinite_chunks``); this many skipped
+            chunks in a row, or more than half of an epoch's chunks, stop training with
+            :class:`NonFiniteTrainingError`. Defaults to ``10``.
         pre_processor (PreProcessor | bool): Pre-processor or flag for the default. Defaults to ``True``.
         post_processor (PostProcessor | bool): Post-processor or flag for the default. Defaults to ``True``.
         evaluator (Evaluator | bool): Evaluator or flag for the default. Defaults to ``True``.
@@ -125,6 +187,7 @@ class Bgad(AnomalibModule):
         permute_soft: bool = True,
         sigma: float = 4.0,
         gradient_clip_norm: float = 1.0,
+        nonfinite_patience: int = 10,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -141,6 +204,9 @@ class Bgad(AnomalibModule):
             raise ValueError(msg)
         if fiber_batch_size < 1:
             msg = f"fiber_batch_size must be >= 1, got {fiber_batch_size}."
+            raise ValueError(msg)
+        if nonfinite_patience < 1:
+            msg = f"nonfinite_patience must be >= 1, got {nonfinite_patience}."
             raise ValueError(msg)
         self.automatic_optimization = False  # one optimiser step per fiber chunk, as the authors do
         self.model = BgadModel(
@@ -166,9 +232,18 @@ class Bgad(AnomalibModule):
         self.learning_rate = learning_rate
         self.fiber_batch_size = fiber_batch_size
         self.gradient_clip_norm = gradient_clip_norm
+        self.nonfinite_patience = nonfinite_patience
+        # Training state outside the state dict; saved with every checkpoint (see on_save_checkpoint), so that a
+        # run resumed mid-epoch still averages the whole epoch's chunk boundaries.
         self._epoch_boundaries: list[list[torch.Tensor]] = [[] for _ in range(self.model.num_levels)]
         self._epoch_anomalous_fibers = 0
+        self._epoch_chunks = 0  # fiber chunks tried this epoch
+        self._epoch_skipped_chunks = 0  # of which skipped as non-finite
+        self._epoch_nonfinite_fibers = 0  # backbone fibers with NaN/Inf, dropped before the flows
+        self._consecutive_skipped_chunks = 0
+        self._finished_epoch = -1  # last epoch whose boundary/LR update was applied
         self._warned_no_anomalies = False
+        self._warned_nonfinite_images: set[str] = set()
 
     @property
     def in_phase2(self) -> bool:
@@ -197,18 +272,29 @@ class Bgad(AnomalibModule):
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
         """Shuffle the batch's fibers per level and take one optimiser step per fiber chunk.
 
+        Numerics: backbone fibers with NaN/Inf are dropped before the flows (counted, and the image named in a
+        warning); a chunk whose log-likelihood, loss or gradient norm is non-finite is skipped — no optimiser
+        step, no boundary update — and counted. See ``nonfinite_patience`` for when training stops.
+
+        Under DDP every rank takes the same number of chunks (a rank short of fibers joins the gradient
+        all-reduce with a zero-weighted dummy), the chunk boundary is the quantile over the normal fibers of
+        all ranks, and the skip decision is shared, so all ranks step alike with the same boundary.
+
         Args:
             batch (Batch): Training batch with ``image``, ``gt_label`` and ``gt_mask``.
             batch_idx (int): Index of the batch in the epoch.
 
         Returns:
-            STEP_OUTPUT: Mean loss of the batch's chunks, or ``None`` if the batch had nothing to train on.
+            STEP_OUTPUT: Mean loss of the batch's trained chunks, or ``None`` if nothing was trained.
         """
+        distributed = is_distributed()
         selected = self._select_images(batch)
-        if not selected.any():
+        if not selected.any() and not distributed:
+            self._finish_epoch_if_last_batch(batch_idx)
             return None
         images = batch.image[selected]
         masks = batch.gt_mask[selected] if batch.gt_mask is not None else None
+        paths = [path for path, keep in zip(batch.image_path or [], selected.tolist(), strict=False) if keep]
         optimizer = self.optimizers()
         generator = self._fiber_generator(batch_idx)
         phase2 = self.in_phase2
@@ -218,36 +304,165 @@ class Bgad(AnomalibModule):
             grid_size = features.shape[-2:]
             positions = torch.arange(grid_size[0] * grid_size[1], device=fibers.device).repeat(images.shape[0])
             anomalous = downsample_mask(masks, features.shape[-2:], images.shape[0]).to(fibers.device)
+            finite = torch.isfinite(fibers).all(dim=1)
+            if not bool(finite.all()):
+                self._report_nonfinite_fibers(finite, grid_size, paths, level)
+                fibers, positions, anomalous = fibers[finite], positions[finite], anomalous[finite]
             self._epoch_anomalous_fibers += int(anomalous.sum())
             order = torch.randperm(fibers.shape[0], generator=generator).to(fibers.device)
-            for chunk in order.tensor_split(max(1, round(fibers.shape[0] / self.fiber_batch_size))):
-                log_likelihood = self.model.fiber_log_likelihood(level, fibers[chunk], grid_size, positions[chunk])
-                boundary = self.loss.boundary(log_likelihood, anomalous[chunk])
-                terms = self.loss(log_likelihood, anomalous[chunk], boundary, with_boundary_terms=phase2)
-                optimizer.zero_grad()
-                self.manual_backward(terms.total)
-                if self.gradient_clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.flows.parameters(), self.gradient_clip_norm)
-                optimizer.step()
-                if boundary is not None:
-                    self._epoch_boundaries[level].append(boundary.detach())
-                losses.append(terms.total.detach())
-                self.log_dict(
-                    {"train_ml_loss": terms.ml, "train_pull_loss": terms.pull, "train_push_loss": terms.push},
-                    on_step=False,
-                    on_epoch=True,
+            # Under DDP all ranks must take the same number of steps: chunk by the largest fiber count.
+            num_fibers = max_over_ranks(fibers.shape[0], fibers.device)
+            for chunk in order.tensor_split(max(1, round(num_fibers / self.fiber_batch_size))):
+                loss = self._train_chunk(
+                    level, fibers[chunk], positions[chunk], anomalous[chunk], grid_size, phase2, optimizer, batch_idx
                 )
+                if loss is not None:
+                    losses.append(loss)
+        self._finish_epoch_if_last_batch(batch_idx)
+        if not losses:
+            return None
         loss = torch.stack(losses).mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
         return {"loss": loss}
 
-    def on_train_epoch_end(self) -> None:
-        """Store the epoch's mean boundary per level, step the LR schedule, report missing anomalies."""
+    def _train_chunk(
+        self,
+        level: int,
+        fibers: torch.Tensor,
+        positions: torch.Tensor,
+        anomalous: torch.Tensor,
+        grid_size: tuple[int, int],
+        phase2: bool,
+        optimizer: torch.optim.Optimizer,
+        batch_idx: int,
+    ) -> torch.Tensor | None:
+        """One optimiser step on one fiber chunk, or a counted skip if anything is non-finite.
+
+        Returns:
+            torch.Tensor | None: The chunk's (detached) loss, or ``None`` if the step was skipped.
+        """
+        dummy = fibers.shape[0] == 0  # only under DDP: this rank has no fiber left for this chunk
+        if dummy:  # one zero fiber, marked anomalous so that it is left out of the boundary; loss weight 0
+            fibers = fibers.new_zeros(1, fibers.shape[1])
+            positions = positions.new_zeros(1)
+            anomalous = anomalous.new_ones(1)
+        self._epoch_chunks += 1
+        log_likelihood = self.model.fiber_log_likelihood(level, fibers, grid_size, positions)
+        boundary = self.loss.boundary(log_likelihood, anomalous, across_ranks=True)
+        terms = self.loss(log_likelihood, anomalous, boundary, with_boundary_terms=phase2)
+        total = terms.total * 0.0 if dummy else terms.total
+        if not bool(torch.isfinite(log_likelihood).all()):
+            problem = "log-likelihood"
+        elif not bool(torch.isfinite(total)) or (boundary is not None and not bool(torch.isfinite(boundary))):
+            problem = "loss"
+        else:
+            problem = None
+        if not all_ranks_true(problem is None, fibers.device):
+            self._skip_chunk(problem or "log-likelihood or loss (on another rank)", level, batch_idx)
+            return None
+        optimizer.zero_grad()
+        self.manual_backward(total)
+        # The gradient norm is needed for the finiteness check even when clipping is off (max_norm = inf).
+        max_norm = self.gradient_clip_norm if self.gradient_clip_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.flows.parameters(), max_norm)
+        if not bool(torch.isfinite(grad_norm)):  # gradients are all-reduced under DDP: same verdict on all ranks
+            optimizer.zero_grad()
+            self._skip_chunk("gradient norm", level, batch_idx)
+            return None
+        optimizer.step()
+        self._consecutive_skipped_chunks = 0
+        if boundary is not None:
+            self._epoch_boundaries[level].append(boundary.detach())
+        self.log_dict(
+            {"train_ml_loss": terms.ml, "train_pull_loss": terms.pull, "train_push_loss": terms.push},
+            on_step=False,
+            on_epoch=True,
+            batch_size=1,  # every chunk counts once in the epoch mean
+        )
+        return total.detach()
+
+    def _skip_chunk(self, problem: str, level: int, batch_idx: int) -> None:
+        """Count a skipped chunk; stop training after ``nonfinite_patience`` in a row (stop rule, part 1)."""
+        self._epoch_skipped_chunks += 1
+        self._consecutive_skipped_chunks += 1
+        logger.debug(
+            "Skipped a fiber chunk: non-finite %s (epoch %d, batch %d, level %d).",
+            problem,
+            self.current_epoch,
+            batch_idx,
+            level,
+        )
+        if self._consecutive_skipped_chunks >= self.nonfinite_patience:
+            where = f"last: epoch {self.current_epoch}, batch {batch_idx}, level {level}"
+            reason = f"{self._consecutive_skipped_chunks} fiber chunks in a row had a non-finite {problem} ({where})"
+            raise NonFiniteTrainingError(self._nonfinite_message(reason))
+
+    def _nonfinite_message(self, reason: str) -> str:
+        """The error of the stop rule: what happened, the likely cause and the knobs."""
+        hparams = self.hparams
+        return (
+            f"BGAD training stopped: {reason}; each was skipped without an optimiser step "
+            f"({self._epoch_skipped_chunks} of {self._epoch_chunks} chunks skipped in epoch {self.current_epoch}). "
+            f"Likely cause: the learning rate is too high for the normalising flows "
+            f"(learning_rate={self.learning_rate:g}), or degenerate features (NaN/Inf or extreme values from the "
+            f"input images or the backbone '{hparams.get('backbone')}'). Lower --model.learning_rate, set or lower "
+            f"--model.gradient_clip_norm (now {self.gradient_clip_norm:g}; 0 disables clipping), lower "
+            f"--model.clamp_alpha (now {hparams.get('clamp_alpha')}), and check the training images. "
+            f"No checkpoint with NaN weights was written."
+        )
+
+    def _report_nonfinite_fibers(
+        self,
+        finite: torch.Tensor,
+        grid_size: tuple[int, int],
+        paths: list[str],
+        level: int,
+    ) -> None:
+        """Count backbone fibers with NaN/Inf (dropped before the flows) and name their images once."""
+        self._epoch_nonfinite_fibers += int((~finite).sum())
+        bad_images = (~finite).view(-1, grid_size[0] * grid_size[1]).any(dim=1).nonzero().flatten().tolist()
+        names = [paths[i] if i < len(paths) else f"<batch item {i}>" for i in bad_images]
+        new = [name for name in names if name not in self._warned_nonfinite_images]
+        if new:
+            self._warned_nonfinite_images.update(new)
+            logger.warning(
+                "BGAD: backbone features of %d training image(s) contain NaN/Inf at level %d; those feature positions "
+                "are left out of training and of the boundary. Check these files (corrupt or degenerate input): %s",
+                len(new),
+                level,
+                ", ".join(new),
+            )
+
+    def _finish_epoch_if_last_batch(self, batch_idx: int) -> None:
+        """Apply the epoch's boundary/LR update right after its last batch, before epoch-end validation."""
+        if self._trainer is None:
+            return
+        last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last or batch_idx + 1 >= self.trainer.num_training_batches:
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        """Store the epoch's mean boundary per level and step the LR schedule, once per epoch.
+
+        Runs at the end of the epoch's last training step, so that the validation at the end of the epoch (which
+        Lightning runs *before* ``on_train_epoch_end``) and any checkpoint written after that step see the
+        epoch's boundary and learning rate. ``on_train_epoch_end`` calls it again (no-op) to cover epochs cut
+        short, e.g. by ``max_steps``.
+        """
+        if self._finished_epoch == self.current_epoch:
+            return
+        if self._epoch_chunks and self._epoch_skipped_chunks > MAX_SKIPPED_CHUNK_FRACTION * self._epoch_chunks:
+            reason = (
+                f"more than {MAX_SKIPPED_CHUNK_FRACTION:.0%} of the epoch's fiber chunks had a non-finite "
+                "log-likelihood, loss or gradient"
+            )
+            raise NonFiniteTrainingError(self._nonfinite_message(reason))
         for level, boundaries in enumerate(self._epoch_boundaries):
-            if boundaries:
+            if boundaries:  # only boundaries of chunks that passed the finiteness checks are collected
                 self.model.normal_boundary[level] = torch.stack(boundaries).mean()
-            self.log(f"boundary_level{level}", self.model.normal_boundary[level], on_epoch=True)
         self._epoch_boundaries = [[] for _ in range(self.model.num_levels)]
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.flows.parameters()):
+            raise NonFiniteTrainingError(self._nonfinite_message("the flow weights became non-finite"))
         if (
             self.in_phase2
             and self.loss.mode.uses_anomalies
@@ -260,10 +475,147 @@ class Bgad(AnomalibModule):
                 "FewAnomalyMVTecAD(n_anomalies=10), to train with labeled defects.",
             )
             self._warned_no_anomalies = True
-        self._epoch_anomalous_fibers = 0
+        if self._epoch_skipped_chunks:
+            logger.warning(
+                "BGAD epoch %d: skipped %d of %d fiber chunks with non-finite values (see nonfinite_patience).",
+                self.current_epoch,
+                self._epoch_skipped_chunks,
+                self._epoch_chunks,
+            )
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        self._finished_epoch = self.current_epoch
+        # Logged here (inside the last training step) so that callbacks see them in their on_train_epoch_end.
+        epoch_state = {
+            f"boundary_level{level}": self.model.normal_boundary[level] for level in range(self.model.num_levels)
+        }
+        epoch_state["train_nonfinite_chunks"] = float(self._epoch_skipped_chunks)
+        epoch_state["train_nonfinite_fibers"] = float(self._epoch_nonfinite_fibers)
+        self.log_dict(epoch_state, on_step=False, on_epoch=True, batch_size=1)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, make the strategy find unused parameters before it wraps the model.
+
+        Every fiber chunk trains the flow of one level only, so the other levels' flows have no gradient in
+        that backward pass; DDP must know (``find_unused_parameters=True``), or it stops with an error. Globally
+        unused parameters then keep ``grad=None`` and Adam leaves them alone, as in a single process.
+        """
+        super().setup(stage)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
+            if not ddp_kwargs.get("find_unused_parameters", False):
+                logger.info("BGAD trains one flow per fiber chunk: enabling DDP's find_unused_parameters.")
+            ddp_kwargs["find_unused_parameters"] = True
+
+    def on_train_epoch_start(self) -> None:
+        """Reset the per-epoch counters (not called when Lightning resumes mid-epoch, which keeps them)."""
+        self._epoch_boundaries = [[] for _ in range(self.model.num_levels)]
+        self._epoch_anomalous_fibers = 0
+        self._epoch_chunks = 0
+        self._epoch_skipped_chunks = 0
+        self._epoch_nonfinite_fibers = 0
+
+    def on_train_epoch_end(self) -> None:
+        """Finish the epoch if its last step did not (e.g. stopped by ``max_steps``)."""
+        self._finish_epoch()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save non-finite weights; save the training state outside the state dict.
+
+        The extra state (epoch accumulators, non-finite counters, global RNG states) is plain data and tensors,
+        so checkpoints still load with ``torch.load(..., weights_only=True)``.
+        """
+        super().on_save_checkpoint(checkpoint)
+        bad = [
+            key
+            for key, value in checkpoint.get("state_dict", {}).items()
+            # the model's weights and boundary; not the post-processor's statistics (inf/NaN until validation)
+            if key.startswith("model.")
+            and torch.is_tensor(value)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ]
+        if bad:
+            reason = f"refusing to write a checkpoint with non-finite values in {', '.join(bad[:5])}"
+            raise NonFiniteTrainingError(self._nonfinite_message(reason))
+        checkpoint["bgad_training_state"] = {
+            "epoch_boundaries": [[float(b) for b in level] for level in self._epoch_boundaries],
+            "epoch_anomalous_fibers": self._epoch_anomalous_fibers,
+            "epoch_chunks": self._epoch_chunks,
+            "epoch_skipped_chunks": self._epoch_skipped_chunks,
+            "epoch_nonfinite_fibers": self._epoch_nonfinite_fibers,
+            "consecutive_skipped_chunks": self._consecutive_skipped_chunks,
+            "finished_epoch": self._finished_epoch,
+            "warned_no_anomalies": self._warned_no_anomalies,
+            "rng": _rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that the checkpoint fits this model, then restore the training state.
+
+        Raises:
+            ValueError: If the checkpoint was made with another backbone, level set or flow architecture (named
+                with the fix), instead of a bare ``size mismatch`` or, worse, a silent mix.
+        """
+        self._check_checkpoint_compatible(checkpoint)
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("bgad_training_state")
+        if not state:
+            return
+        device = self.model.normal_boundary.device
+        self._epoch_boundaries = [
+            [torch.tensor(b, device=device) for b in level] for level in state["epoch_boundaries"]
+        ]
+        self._epoch_anomalous_fibers = state["epoch_anomalous_fibers"]
+        self._epoch_chunks = state["epoch_chunks"]
+        self._epoch_skipped_chunks = state["epoch_skipped_chunks"]
+        self._epoch_nonfinite_fibers = state["epoch_nonfinite_fibers"]
+        self._consecutive_skipped_chunks = state["consecutive_skipped_chunks"]
+        self._finished_epoch = state["finished_epoch"]
+        self._warned_no_anomalies = state["warned_no_anomalies"]
+        # Resuming a fit (Trainer ckpt_path): continue the global RNG streams (e.g. a RandomSampler's shuffle)
+        # where the interrupted run left them. Lightning builds the first train iterator right after this hook.
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and "rng" in state:
+            _set_rng_state(state["rng"])
+
+    def _check_checkpoint_compatible(self, checkpoint: dict[str, Any]) -> None:
+        """Raise a clear ``ValueError`` if the checkpoint's architecture differs from this model's."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        current = dict(self.hparams)
+        different = [
+            key
+            for key in (*ARCHITECTURE_HPARAMS, *SCORING_HPARAMS)
+            if key in saved and key in current and not _same_hparam(saved[key], current[key])
+        ]
+        own = {key: value for key, value in self.state_dict().items() if key.startswith("model.")}
+        theirs = {key: value for key, value in (checkpoint.get("state_dict") or {}).items() if key.startswith("model.")}
+        shapes = [
+            f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+            for key, value in theirs.items()
+            if key in own and torch.is_tensor(value) and value.shape != own[key].shape
+        ]
+        missing, unexpected = sorted(own.keys() - theirs.keys()), sorted(theirs.keys() - own.keys())
+        if not different and not shapes and not (theirs and (missing or unexpected)):
+            return
+        lines = [f"  {key}: checkpoint {saved[key]!r}, this model {current[key]!r}" for key in different]
+        if shapes:
+            lines.append(f"  tensor shapes (checkpoint vs this model): {'; '.join(shapes[:3])}")
+        if theirs and missing:
+            lines.append(f"  {len(missing)} tensors of this model are not in the checkpoint, e.g. {missing[0]}")
+        if theirs and unexpected:
+            lines.append(f"  {len(unexpected)} tensors of the checkpoint are not in this model, e.g. {unexpected[0]}")
+        fix = " ".join(f"--model.{key} {_cli_value(saved[key])}" for key in different) or (
+            "the checkpoint's --model.backbone, --model.layers, --model.coupling_blocks, ... (no overrides)"
+        )
+        msg = (
+            "This checkpoint does not fit the BGAD model it is loaded into (anomalib test/predict/export build the "
+            "model from the command line first, then load the checkpoint):\n"
+            + "\n".join(lines)
+            + f"\nBuild the model with the checkpoint's settings: {fix}"
+        )
+        raise ValueError(msg)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score a validation batch.
@@ -278,7 +630,28 @@ class Bgad(AnomalibModule):
         """
         del args, kwargs
         predictions = self.model(batch.image)
+        self._check_finite_scores(batch, predictions.pred_score, predictions.anomaly_map)
         return batch.update(**predictions._asdict())
+
+    def _check_finite_scores(self, batch: Batch, pred_score: torch.Tensor, anomaly_map: torch.Tensor) -> None:
+        """Raise a clear error naming the images instead of returning NaN/Inf scores or maps."""
+        bad = ~torch.isfinite(pred_score.reshape(pred_score.shape[0], -1)).all(dim=1)
+        bad |= ~torch.isfinite(anomaly_map.reshape(anomaly_map.shape[0], -1)).all(dim=1)
+        if not bool(bad.any()):
+            return
+        indices = bad.nonzero().flatten().tolist()
+        paths = list(batch.image_path or [])
+        names = [str(paths[i]) if i < len(paths) else f"<batch item {i}>" for i in indices]
+        image_bad = ~torch.isfinite(batch.image.reshape(batch.image.shape[0], -1)).all(dim=1)
+        if bool(image_bad[indices].all()):
+            cause = "the input images themselves contain NaN/Inf after pre-processing (corrupt or degenerate files)"
+        else:
+            cause = (
+                "the backbone features or the flows give NaN/Inf for them (degenerate input, or a corrupt model: "
+                "retrain with a lower --model.learning_rate)"
+            )
+        msg = f"BGAD cannot score {len(names)} image(s), {cause}: {', '.join(names)}. No NaN scores are reported."
+        raise ValueError(msg)
 
     def to_onnx(
         self,

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
@@ -111,6 +112,56 @@ def normal_boundary(
     return kept.float().kthvalue(k).values.to(normalized.dtype)
 
 
+def is_distributed() -> bool:
+    """Whether ``torch.distributed`` runs with more than one process (e.g. Lightning DDP)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor over all ranks, rank 0 first; sizes may differ between ranks.
+
+    Every rank gets the same result. Sizes are gathered first, then the values padded to the largest
+    size (padding is cut off again, so it never reaches a statistic). Without ``torch.distributed``
+    (or with one process) the tensor itself is returned. A collective: all ranks must call it.
+
+    Args:
+        values (torch.Tensor): 1-D tensor of this rank.
+
+    Returns:
+        torch.Tensor: The values of all ranks, concatenated.
+    """
+    if not is_distributed():
+        return values
+    world_size = dist.get_world_size()
+    size = torch.tensor([values.numel()], dtype=torch.long, device=values.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    counts = [int(count.item()) for count in sizes]
+    padded = values.new_full((max(max(counts), 1),), float("nan"))
+    padded[: values.numel()] = values
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:count] for part, count in zip(gathered, counts, strict=True)])
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """``flag`` and-ed over all ranks under ``torch.distributed`` (a collective); ``flag`` itself otherwise."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def max_over_ranks(count: int, device: torch.device) -> int:
+    """Maximum of ``count`` over all ranks under ``torch.distributed`` (a collective); ``count`` otherwise."""
+    if not is_distributed():
+        return count
+    value = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
 class BgadLoss(nn.Module):
     """Maximum-likelihood loss plus the boundary-guided semi-push-pull terms.
 
@@ -152,9 +203,28 @@ class BgadLoss(nn.Module):
         self.bgspp_weight = bgspp_weight
         self.focal_weighting = focal_weighting
 
-    def boundary(self, log_likelihood: torch.Tensor, is_anomalous: torch.Tensor) -> torch.Tensor | None:
-        """Normal boundary ``b_n`` of a fiber batch, in normalised units (see :func:`normal_boundary`)."""
-        return normal_boundary(log_likelihood / self.normalizer, is_anomalous, self.beta)
+    def boundary(
+        self,
+        log_likelihood: torch.Tensor,
+        is_anomalous: torch.Tensor,
+        across_ranks: bool = False,
+    ) -> torch.Tensor | None:
+        """Normal boundary ``b_n`` of a fiber batch, in normalised units (see :func:`normal_boundary`).
+
+        Args:
+            log_likelihood (torch.Tensor): ``l`` per fiber, shape ``(N,)``.
+            is_anomalous (torch.Tensor): Boolean per fiber, shape ``(N,)``.
+            across_ranks (bool): Under ``torch.distributed`` (DDP), take the quantile over the normal values of
+                all ranks (all-gathered), so that every rank gets the boundary a single process would compute
+                on the union of the ranks' fibers. A collective: all ranks must call it. Defaults to ``False``.
+
+        Returns:
+            torch.Tensor | None: Scalar boundary, or ``None`` if there is no normal fiber (on any rank).
+        """
+        normal = (log_likelihood.detach() / self.normalizer)[~is_anomalous.bool()]
+        if across_ranks:
+            normal = gather_across_ranks(normal)
+        return normal_boundary(normal, torch.zeros_like(normal, dtype=torch.bool), self.beta)
 
     def forward(
         self,
