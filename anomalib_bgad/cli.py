@@ -62,7 +62,7 @@ def _preview_pseudo(args: argparse.Namespace) -> None:
         seed=args.seed,
         num_workers=0,
     )
-    path = preview_pseudo_anomalies(datamodule, args.output, num_samples=args.n_samples)
+    path = preview_pseudo_anomalies(datamodule, args.output, num_samples=args.n_samples, source=args.source)
     print(f"Wrote {path}")
 
 
@@ -96,12 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--compare-nfad", action="store_true", help="also train the NFAD ablation on the same split")
     demo.set_defaults(handler=_demo)
 
-    preview = commands.add_parser("preview-pseudo", help="write a PNG grid of RPAG pseudo anomalies")
+    preview = commands.add_parser("preview-pseudo", help="write a PNG grid of pseudo anomalies (RPAG, SmoothBlend)")
     preview.add_argument("--root", type=Path, default=Path("datasets/embedded"))
     preview.add_argument("--category", default="brick")
     preview.add_argument("--n-anomalies", type=int, default=10)
     preview.add_argument("--n-samples", type=int, default=16)
     preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument(
+        "--source",
+        choices=("rpag", "smoothblend", "both"),
+        default="rpag",
+        help="pseudo-anomaly source: RPAG (pastes known anomalies), SmoothBlend (needs none) or both",
+    )
     preview.add_argument("--output", type=Path, default=Path("results/pseudo_anomalies.png"))
     preview.set_defaults(handler=_preview_pseudo)
     return parser

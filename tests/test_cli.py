@@ -171,3 +171,9 @@ def test_preview_pseudo_command(tiny_mvtec_root: Path, tmp_path: Path) -> None:
         assert image.height > 64
     assert bgad_main([*args[:-1], "99", "--output", str(tmp_path / "bad.png")]) == 2
     assert not (tmp_path / "bad.png").exists()
+    # SmoothBlend needs no known anomaly; with the same seed the grid is the same file.
+    blend_args = [*args[:-1], "0", "--source", "smoothblend", "--n-samples", "4"]
+    assert bgad_main([*blend_args, "--output", str(tmp_path / "blend.png")]) == 0
+    assert bgad_main([*blend_args, "--output", str(tmp_path / "blend_again.png")]) == 0
+    assert (tmp_path / "blend.png").read_bytes() == (tmp_path / "blend_again.png").read_bytes()
+    assert (tmp_path / "blend.png").read_bytes() != output.read_bytes()

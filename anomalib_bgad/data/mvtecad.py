@@ -53,7 +53,9 @@ class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD):
             pasted on normal images (BGAD). ``"smoothblend"``: a colour-jittered patch of a normal image blended
             back elsewhere (SPD; needs no known anomaly, so it works with ``n_anomalies=0`` and an int
             ``pseudo_anomalies``). ``"both"``: ``pseudo_anomalies`` of each. Defaults to ``"rpag"``.
-        repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``). Defaults to ``5``.
+        repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``); ``0`` keeps the known
+            anomalies out of the training batches (they still leave the test set and still feed RPAG), e.g. to train on
+            SmoothBlend pseudo anomalies alone on the same split. Defaults to ``5``.
         train_anomalies (bool | None): Put anomalies in the training batches. ``None``: only for models with
             ``trains_on_anomalies = True`` (anomalib's unsupervised models train on normal images only).
             Defaults to ``None``.

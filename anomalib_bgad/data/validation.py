@@ -85,8 +85,11 @@ def check_arguments(
             f"got {pseudo_anomalies!r}. Use 0 to disable pseudo anomalies."
         )
         raise ValueError(msg)
-    if isinstance(repeat_anomalies, bool) or not isinstance(repeat_anomalies, int) or repeat_anomalies < 1:
-        msg = f"repeat_anomalies must be an integer >= 1, got {repeat_anomalies!r}."
+    if isinstance(repeat_anomalies, bool) or not isinstance(repeat_anomalies, int) or repeat_anomalies < 0:
+        msg = (
+            f"repeat_anomalies must be an integer >= 0, got {repeat_anomalies!r}: the times each known anomaly "
+            "appears per epoch (0 keeps them out of the training batches; they still leave the test set)."
+        )
         raise ValueError(msg)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         msg = f"seed must be an integer >= 0 (it fixes the anomaly selection), got {seed!r}."

@@ -120,7 +120,9 @@ class FewAnomalyVisa(FewAnomalyDataModule, Visa):
             anomalies). Defaults to ``5.0``.
         pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): See :class:`FewAnomalyMVTecAD`.
             Defaults to ``"rpag"``.
-        repeat_anomalies (int): Times each known anomaly appears per epoch. Defaults to ``5``.
+        repeat_anomalies (int): Times each known anomaly appears per epoch; ``0`` keeps the known anomalies out of the
+            training batches (they still leave the test set and still feed RPAG), e.g. to train on SmoothBlend pseudo
+            anomalies alone on the same split. Defaults to ``5``.
         train_anomalies (bool | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
         paste_in_foreground (bool | None): ``None``: yes (every VisA category is an object category).
             Defaults to ``None``.

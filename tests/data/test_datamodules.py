@@ -86,6 +86,21 @@ def test_repeats_and_pseudo_anomalies_per_epoch(mvtec_root: Path) -> None:
     assert datamodule.num_pseudo_anomalies == 4
 
 
+def test_zero_repeats_train_on_pseudo_anomalies_alone_with_the_same_test_set(mvtec_root: Path) -> None:
+    args = {"root": mvtec_root, "category": "bottle", "n_anomalies": 3, "num_workers": 0}
+    reference = FewAnomalyMVTecAD(**args, pseudo_anomalies=0, repeat_anomalies=1)
+    datamodule = FewAnomalyMVTecAD(**args, pseudo_anomalies=4, pseudo_anomaly_source="smoothblend", repeat_anomalies=0)
+    reference.setup()
+    datamodule.setup()
+    assert paths(datamodule.test_data) == paths(reference.test_data)
+    known = anomalies(datamodule.train_data)
+    assert len(known) == 3 and not known & paths(datamodule.test_data)
+    items = [item for batch in datamodule.train_dataloader() for item in batch]
+    assert not {Path(item.image_path).resolve().as_posix() for item in items} & known
+    assert len(items) == 6 + 4
+    assert sum(int(item.gt_label) for item in items) == 4 and all(item.gt_mask.any() for item in items if item.gt_label)
+
+
 def test_folder_with_normal_test_images_taken_from_training(folder_root: Path, trees) -> None:
     args = {**trees.folder_args(folder_root), "normal_test_dir": None, "test_split_ratio": 0.25}
     datamodule = FewAnomalyFolder(**args, n_anomalies=3, val_split_mode="same_as_test", **FAST)

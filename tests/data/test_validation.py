@@ -83,7 +83,7 @@ def test_too_many_anomalies_says_how_many_exist(mvtec_root: Path, btad_root: Pat
         ({"n_anomalies": -1}, r"n_anomalies must be >= 0, got -1"),
         ({"setting": "two_class"}, r"setting must be one of \['multi_class', 'one_class'\], got 'two_class'"),
         ({"pseudo_anomalies": -2}, r"pseudo_anomalies must be a count .* got -2"),
-        ({"repeat_anomalies": 0}, r"repeat_anomalies must be an integer >= 1, got 0"),
+        ({"repeat_anomalies": -1}, r"repeat_anomalies must be an integer >= 0, got -1"),
         ({"seed": None}, r"seed must be an integer >= 0 \(it fixes the anomaly selection\), got None"),
     ],
 )
