@@ -177,3 +177,23 @@ def test_preview_pseudo_command(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     assert bgad_main([*blend_args, "--output", str(tmp_path / "blend_again.png")]) == 0
     assert (tmp_path / "blend.png").read_bytes() == (tmp_path / "blend_again.png").read_bytes()
     assert (tmp_path / "blend.png").read_bytes() != output.read_bytes()
+
+
+@pytest.mark.slow
+def test_demo_trains_and_tests_one_category_with_epoch_progress(
+    tiny_mvtec_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's main job on a tiny tree: both phases run, progress is printed, metrics and images written."""
+    from anomalib_bgad import demo
+
+    monkeypatch.setattr(demo, "DEMO_N_ANOMALIES", 2)
+    monkeypatch.setattr(demo, "DEMO_BATCH_SIZE", 4)
+    metrics = demo.train_and_test(tiny_mvtec_root, "brick", tmp_path, "bgad", max_epochs=2, seed=0)
+    out = capsys.readouterr().out
+    assert "[demo] bgad on brick: epoch 1/2 (phase 1), loss" in out
+    assert "[demo] bgad on brick: epoch 2/2 (phase 2), loss" in out
+    for name in demo.METRICS:
+        assert 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
+    assert metrics["train_seconds"] > 0
+    assert (tmp_path / "bgad" / "brick" / "split_manifest.json").is_file()
+    assert list((tmp_path / "bgad").rglob("images/**/*.png")), "no anomaly-map images written"
