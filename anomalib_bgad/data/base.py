@@ -534,6 +534,14 @@ class FewAnomalyDataModule(AnomalibDataModule):
             paste_in_foreground=self._paste_in_foreground(),
             num_smoothblend=counts[SMOOTHBLEND],
         )
+        if self.repeat_anomalies == 0 and len(train_set.anomaly_rows):
+            logger.info(
+                "%s: repeat_anomalies=0: the %d known anomalies stay out of the training batches (and out of the "
+                "test set); training on normal images and %d pseudo anomalies per epoch.",
+                self.name,
+                len(train_set.anomaly_rows),
+                train_set.num_pseudo,
+            )
         sampler = EpochSampler(train_set, repeat_anomalies=self.repeat_anomalies, seed=self.seed)
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
