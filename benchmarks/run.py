@@ -52,11 +52,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.environment import cpu_model, package_versions
 from benchmarks.suite import Job, SuiteError, expand, job_payload, load_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -302,24 +302,12 @@ def worker_environment(suite: dict[str, Any], work_dir: Path) -> dict[str, str]:
 
 
 def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("anomalib", "anomalib-bgad", "torch", "torchvision", "lightning", "timm", "FrEIA"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    packages = ("anomalib", "anomalib-bgad", "torch", "torchvision", "lightning", "timm", "FrEIA")
+    return {"python": platform.python_version(), **package_versions(packages)}
 
 
 def _machine(accelerator: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(default=platform.processor() or platform.machine())
     memory = ""
     try:
         kib = int(Path("/proc/meminfo").read_text().split()[1])

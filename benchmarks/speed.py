@@ -45,6 +45,8 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
+from benchmarks.environment import cpu_model, cpuinfo, package_versions  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "speed"
 IMAGE_SIZE = 256
@@ -82,35 +84,15 @@ def log(message: str) -> None:
 
 
 def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
-    except OSError:
-        pass
+    text = cpuinfo()
+    cpu = cpu_model(default="unknown CPU", text=text)
+    flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
     return f"nproc={os.cpu_count()}, CPU: {cpu} (flags: {flags or 'n/a'}), {platform.system()} {platform.machine()}"
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     names = ["torch", "anomalib", "timm", "FrEIA", "openvino", "onnx", "onnxscript", "onnxruntime", "lightning"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except Exception:
-            found[name] = "n/a"
-    found["python"] = platform.python_version()
-    return found
+    return {**package_versions(names, missing="n/a"), "python": platform.python_version()}
 
 
 def make_dataset(root: Path, n_train: int) -> Path:
