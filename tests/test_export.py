@@ -9,9 +9,6 @@ validation). Tolerance: ``PARITY_ATOL = 1e-3`` absolute on the normalised ``pred
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,6 @@ from anomalib_bgad import Bgad
 
 PARITY_ATOL = 1e-3
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
-ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 
 
 def perturb_flows(module: Bgad, seed: int = 0) -> None:
@@ -152,25 +148,12 @@ def test_openvino_inferencer_runs_the_exported_models(
         )
 
 
-def run_anomalib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [ANOMALIB, *args],
-        cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert result.returncode == 0, f"anomalib {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
-
-
 @pytest.mark.slow
 def test_cli_train_export_openvino_and_onnx_then_predict(
     tiny_mvtec_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    run_anomalib,
 ) -> None:
     """``anomalib train/export/predict`` on a 1-epoch checkpoint; the exports score like the checkpoint."""
     from anomalib.data.utils import read_image
