@@ -13,7 +13,7 @@ from PIL import Image
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME, BoundaryHistogram, write_boundary_histogram
-from anomalib_bgad.models.bgad.lightning_model import downsample_mask
+from anomalib_bgad.models.bgad.fibers import downsample_mask
 
 
 def test_write_boundary_histogram_draws_one_panel_per_level(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_histogram_written_at_test_end_with_the_test_set_likelihoods(tiny_mvtec_
 
     torch.manual_seed(0)
     model = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)))
-    model.model.normal_boundary.copy_(torch.tensor([-0.2, -0.3, -0.4]))
+    model.model.boundary.b_n.copy_(torch.tensor([-0.2, -0.3, -0.4]))
     datamodule = MVTecAD(root=tiny_mvtec_root, category="brick", eval_batch_size=4, num_workers=0)
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     engine.test(model, datamodule=datamodule)
@@ -56,8 +56,8 @@ def test_histogram_written_at_test_end_with_the_test_set_likelihoods(tiny_mvtec_
         for batch in datamodule.test_dataloader():
             features = model.model.feature_extractor(model.pre_processor(batch.image))
             for level, log_likelihood in enumerate(model.model.log_likelihood_maps(features)):
-                values = log_likelihood.reshape(-1) / model.model.normalizer
-                anomalous = downsample_mask(batch.gt_mask, log_likelihood.shape[-2:], log_likelihood.shape[0])
+                values = log_likelihood.reshape(-1) / model.model.boundary.normalizer
+                anomalous = downsample_mask(batch.gt_mask, log_likelihood.shape[-2:], log_likelihood.shape[0]).reshape(-1)
                 expected_normal[level].append(values[~anomalous])
                 expected_anomalous[level].append(values[anomalous])
     for level in range(3):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalib_bgad.models.bgad.loss import BgadLoss, normal_boundary
+from anomalib_bgad.models.bgad.boundary import Boundary
 
 
 def _free_port() -> int:
@@ -26,24 +26,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-LOSS_FILE = Path(__file__).resolve().parents[1] / "anomalib_bgad" / "models" / "bgad" / "loss.py"
+MODEL_DIR = Path(__file__).resolve().parents[1] / "anomalib_bgad" / "models" / "bgad"
 
-# The workers load loss.py by path (it only needs torch), so that each spawned process starts in seconds
-# instead of importing anomalib.
+# The workers load boundary.py and distributed.py by path as a bare package (they only need torch), so that each
+# spawned process starts in seconds instead of importing anomalib.
 BOUNDARY_SCRIPT = textwrap.dedent(
     """
-    import importlib.util
+    import importlib
     import os
     import sys
+    import types
     from pathlib import Path
 
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    spec = importlib.util.spec_from_file_location("bgad_loss", sys.argv[1])
-    loss_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loss_module)
+    package = types.ModuleType("bgad")
+    package.__path__ = [sys.argv[1]]
+    sys.modules["bgad"] = package
+    boundary_module = importlib.import_module("bgad.boundary")
+    distributed = importlib.import_module("bgad.distributed")
+
+
+    def estimate(log_likelihood, anomalous, across_ranks=False):
+        boundary = boundary_module.Boundary(1, beta=0.05)
+        return boundary.estimate(log_likelihood / 10, ~anomalous, across_ranks=across_ranks)
 
 
     def cases():
@@ -69,16 +77,19 @@ BOUNDARY_SCRIPT = textwrap.dedent(
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         try:
-            loss = loss_module.BgadLoss(beta=0.05)
             cpu = torch.device("cpu")
             results = {"distributed": [], "local": []}
             for log_likelihoods, anomalous in cases():
-                results["distributed"].append(loss.boundary(log_likelihoods[rank], anomalous[rank], across_ranks=True))
-                results["local"].append(loss.boundary(log_likelihoods[rank], anomalous[rank]))
+                results["distributed"].append(estimate(log_likelihoods[rank], anomalous[rank], across_ranks=True))
+                results["local"].append(estimate(log_likelihoods[rank], anomalous[rank]))
             values = torch.arange(3 + rank, dtype=torch.float32) + 10 * rank
-            results["gathered"] = loss_module.gather_across_ranks(values)
-            results["all_true"] = [loss_module.all_ranks_true(rank == 0, cpu), loss_module.all_ranks_true(True, cpu)]
-            results["max"] = loss_module.max_over_ranks(5 + 10 * rank, cpu)
+            results["gathered"] = distributed.gather_padded(values, -1.0)
+            results["gathered_flags"] = distributed.gather_padded(torch.ones(3 + rank, dtype=torch.bool), False)
+            results["all_true"] = [
+                bool(distributed.all_ranks_true(torch.tensor(rank == 0))),
+                bool(distributed.all_ranks_true(torch.tensor(True))),
+            ]
+            results["max"] = distributed.max_over_ranks(5 + 10 * rank, cpu)
             torch.save(results, Path(out) / f"rank{rank}.pt")
         finally:
             dist.destroy_process_group()
@@ -86,9 +97,8 @@ BOUNDARY_SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         if sys.argv[2] == "cases":  # the single-process reference on the union of the shards
-            loss = loss_module.BgadLoss(beta=0.05)
-            single = [loss.boundary(torch.cat(ll), torch.cat(anomalous)) for ll, anomalous in cases()]
-            local = [loss.boundary(cases()[0][0][rank], cases()[0][1][rank]) for rank in range(2)]
+            single = [estimate(torch.cat(ll), torch.cat(anomalous)) for ll, anomalous in cases()]
+            local = [estimate(cases()[0][0][rank], cases()[0][1][rank]) for rank in range(2)]
             torch.save({"single": single, "local": local}, Path(sys.argv[3]) / "single.pt")
         else:
             mp.spawn(worker, args=(2, int(sys.argv[2]), sys.argv[3]), nprocs=2, join=True)
@@ -98,11 +108,12 @@ BOUNDARY_SCRIPT = textwrap.dedent(
 
 def test_boundary_is_all_gathered_and_equals_the_single_process_boundary(tmp_path: Path) -> None:
     """2 gloo processes, each with its shard: the boundary equals the single-process one on the union."""
+    assert Boundary(1).beta == 0.01  # the paper's beta; the workers use 0.05 to reach past the first values
     script = tmp_path / "boundary_ranks.py"
     script.write_text(BOUNDARY_SCRIPT)
     for mode in (str(_free_port()), "cases"):
         completed = subprocess.run(
-            [sys.executable, str(script), str(LOSS_FILE), mode, str(tmp_path)],
+            [sys.executable, str(script), str(MODEL_DIR), mode, str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -111,22 +122,20 @@ def test_boundary_is_all_gathered_and_equals_the_single_process_boundary(tmp_pat
         assert completed.returncode == 0, completed.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     reference = torch.load(tmp_path / "single.pt", weights_only=True)
-    for case, single in enumerate(reference["single"]):
+    for case, (single, single_valid) in enumerate(reference["single"]):
         for rank in range(2):
-            distributed = ranks[rank]["distributed"][case]
-            if single is None:  # no normal fiber on any rank
-                assert distributed is None
-            else:
-                assert distributed is not None
-                torch.testing.assert_close(distributed, single, rtol=0, atol=0)  # the same order statistic
-    assert reference["single"][3] is None  # the case without normals really has none
+            distributed, valid = ranks[rank]["distributed"][case]
+            assert bool(valid) == bool(single_valid)  # invalid only without a normal fiber on any rank
+            torch.testing.assert_close(distributed, single, rtol=0, atol=0)  # the same order statistic
+    assert not reference["single"][3][1]  # the case without normals really has none
     # The test can fail: a per-rank boundary (no all-gather) is not the union's.
     for rank in range(2):
-        assert not torch.equal(reference["local"][rank], reference["single"][0])
-        assert torch.equal(ranks[rank]["local"][0], reference["local"][rank])
-    # The helpers: concatenation rank 0 first with the padding cut off, and agreement over ranks.
+        assert not torch.equal(reference["local"][rank][0], reference["single"][0][0])
+        assert torch.equal(ranks[rank]["local"][0][0], reference["local"][rank][0])
+    # The helpers: concatenation rank 0 first (each rank padded to the largest size), and agreement over ranks.
     for rank in range(2):
-        assert ranks[rank]["gathered"].tolist() == [0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 13.0]
+        assert ranks[rank]["gathered"].tolist() == [0.0, 1.0, 2.0, -1.0, 10.0, 11.0, 12.0, 13.0]
+        assert ranks[rank]["gathered_flags"].tolist() == [True] * 3 + [False] + [True] * 4
         assert ranks[rank]["all_true"] == [False, True]
         assert ranks[rank]["max"] == 15
 
@@ -144,20 +153,19 @@ DDP_SCRIPT = textwrap.dedent(
     from torch.utils.data import DataLoader
 
     from anomalib_bgad import Bgad
-    from anomalib_bgad.models.bgad.loss import BgadLoss
+    from anomalib_bgad.models.bgad.boundary import Boundary
 
     out = Path(sys.argv[1])
     records = []
-    original = BgadLoss.boundary
+    original = Boundary.estimate
 
-    def recording_boundary(self, log_likelihood, is_anomalous, across_ranks=False):
-        boundary = original(self, log_likelihood, is_anomalous, across_ranks=across_ranks)
-        if across_ranks:  # the training chunks: keep this rank's own normal values and the boundary used
-            normal = (log_likelihood.detach() / self.normalizer)[~is_anomalous.bool()]
-            records.append((normal.clone(), None if boundary is None else boundary.clone()))
-        return boundary
+    def recording_estimate(self, normalized, is_normal, across_ranks=False):
+        value, valid = original(self, normalized, is_normal, across_ranks=across_ranks)
+        if across_ranks:  # the training steps: keep this rank's own normal values and the boundary used
+            records.append((normalized.detach()[is_normal].clone(), value.clone(), valid.clone()))
+        return value, valid
 
-    BgadLoss.boundary = recording_boundary
+    Boundary.estimate = recording_estimate
 
     def items():
         generator = torch.Generator().manual_seed(0)
@@ -210,7 +218,7 @@ DDP_SCRIPT = textwrap.dedent(
         torch.save(
             {
                 "records": records,
-                "boundary": model.model.normal_boundary.clone(),
+                "boundary": model.model.boundary.b_n.clone(),
                 "flows": flows,
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
@@ -223,10 +231,10 @@ DDP_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_ddp_training_on_two_cpu_processes_uses_the_union_boundary_on_every_rank(tmp_path: Path) -> None:
-    """Lightning DDP (gloo, 2 processes): every chunk's boundary is the union's and the ranks stay in sync.
+    """Lightning DDP (gloo, 2 processes): every step's boundary is the union's and the ranks stay in sync.
 
     Rank 1's first batch holds only anomalous images, so in phase 1 it has no fiber to train on: it must still
-    take part in every collective (dummy chunks), or DDP would hang.
+    take part in every collective (a zero-weighted dummy image), or DDP would hang.
     """
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
@@ -244,25 +252,25 @@ def test_ddp_training_on_two_cpu_processes_uses_the_union_boundary_on_every_rank
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     records = [r["records"] for r in ranks]
-    assert len(records[0]) == len(records[1]) > 0  # the same number of chunks (steps) on both ranks
+    assert len(records[0]) == len(records[1]) > 0  # the same number of steps on both ranks
     assert ranks[0]["global_step"] == ranks[1]["global_step"]
-    empty_chunks = 0
-    for (normal0, boundary0), (normal1, boundary1) in zip(*records, strict=True):
-        empty_chunks += int(normal0.numel() == 0 or normal1.numel() == 0)
-        union = torch.cat([normal0, normal1])
-        single = normal_boundary(union, torch.zeros_like(union, dtype=torch.bool), BgadLoss().beta)
-        assert (boundary0 is None) == (boundary1 is None) == (single is None)
-        if single is not None:
-            torch.testing.assert_close(boundary0, single, rtol=0, atol=0)
-            torch.testing.assert_close(boundary1, single, rtol=0, atol=0)
-    assert empty_chunks > 0  # the uneven case really happened
-    # The test can fail: a per-rank boundary (no all-gather) differs from the union's in some chunk.
-    per_rank = [
-        normal_boundary(normal0, torch.zeros_like(normal0, dtype=torch.bool), BgadLoss().beta)
-        for normal0, _ in records[0]
-    ]
+
+    def single_process(normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return Boundary(1).estimate(normal, torch.ones_like(normal, dtype=torch.bool))
+
+    empty_steps = 0
+    for (normal0, boundary0, valid0), (normal1, boundary1, valid1) in zip(*records, strict=True):
+        empty_steps += int(normal0.numel() == 0 or normal1.numel() == 0)
+        single, valid = single_process(torch.cat([normal0, normal1]))
+        assert bool(valid0) == bool(valid1) == bool(valid)
+        torch.testing.assert_close(boundary0, single, rtol=0, atol=0)
+        torch.testing.assert_close(boundary1, single, rtol=0, atol=0)
+    assert empty_steps > 0  # the uneven case really happened
+    # The test can fail: a per-rank boundary (no all-gather) differs from the union's in some step.
+    per_rank = [single_process(normal0) for normal0, _, _ in records[0]]
     assert any(
-        mine is not None and not torch.equal(mine, used) for mine, (_, used) in zip(per_rank, records[0], strict=True)
+        bool(valid) and not torch.equal(mine, used)
+        for (mine, valid), (_, used, _) in zip(per_rank, records[0], strict=True)
     )
     torch.testing.assert_close(ranks[0]["boundary"], ranks[1]["boundary"], rtol=0, atol=0)
     assert torch.isfinite(ranks[0]["boundary"]).all()

@@ -48,7 +48,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bgad, Path, Path
     torch.manual_seed(0)
     module = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)), visualizer=False)
     perturb_flows(module)
-    module.model.normal_boundary.copy_(torch.tensor([-0.3, -0.4, -0.5]))
+    module.model.boundary.b_n.copy_(torch.tensor([-0.3, -0.4, -0.5]))
     module.eval()
     with torch.inference_mode():
         raw = module.model(module.pre_processor(make_images(16, seed=1))).pred_score

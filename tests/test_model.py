@@ -9,8 +9,9 @@ import torch
 from anomalib.data import InferenceBatch
 
 from anomalib_bgad import Bgad
-from anomalib_bgad.models.bgad.lightning_model import downsample_mask
-from anomalib_bgad.models.bgad.torch_model import BgadModel, ConditionalFlow, PositionalSubnet
+from anomalib_bgad.models.bgad.fibers import downsample_mask, gather_positions, position_groups, steps_per_batch, to_fibers
+from anomalib_bgad.models.bgad.flow import ConditionalFlow, PositionalSubnet
+from anomalib_bgad.models.bgad.torch_model import BgadModel
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_subnet_equals_one_linear_over_features_and_condition() -> None:
 
 def test_shuffled_fibers_get_the_same_likelihood_as_whole_maps(small_model: BgadModel) -> None:
     features = torch.randn(2, 24, 8, 8)
-    fibers = small_model.to_fibers(features)
+    fibers = to_fibers(features)
     whole = small_model.fiber_log_likelihood(0, fibers, (8, 8))
     order = torch.randperm(fibers.shape[0])
     positions = torch.arange(64).repeat(2)
@@ -78,19 +79,40 @@ def test_score_moves_with_the_boundary_by_exactly_its_shift(small_model: BgadMod
     small_model.eval()
     with torch.no_grad():
         before = small_model(images).pred_score
-        small_model.normal_boundary += 0.25
+        small_model.boundary.b_n += 0.25
         after = small_model(images).pred_score
-        small_model.normal_boundary -= 0.25
+        small_model.boundary.b_n -= 0.25
     torch.testing.assert_close(after - before, torch.tensor([0.25]), atol=1e-5, rtol=0)
 
 
 def test_downsample_mask_is_nearest_and_fiber_ordered() -> None:
     mask = torch.zeros(2, 8, 8, dtype=torch.bool)
     mask[1, :4, :4] = True
-    flat = downsample_mask(mask, (2, 2), batch_size=2)
+    flat = downsample_mask(mask, (2, 2), batch_size=2).reshape(-1)
     assert flat.tolist() == [False, False, False, False, True, False, False, False]
     assert downsample_mask(None, (2, 2), batch_size=3).sum() == 0
-    assert downsample_mask(None, (2, 2), batch_size=3).numel() == 12
+    assert downsample_mask(None, (2, 2), batch_size=3).shape == (3, 2, 2)
+
+
+def test_position_groups_cover_every_position_once_and_the_group_path_equals_per_fiber() -> None:
+    generator = torch.Generator().manual_seed(0)
+    groups = position_groups((4, 5), 3, generator)
+    assert sorted(torch.cat(groups).tolist()) == list(range(20))
+    assert [len(group) for group in groups] == [7, 7, 6]
+    # A grid with fewer positions than steps: every group still has a position.
+    assert all(len(group) == 1 for group in position_groups((1, 2), 5, generator))
+    assert steps_per_batch(16, (64, 64), 4096) == 16
+    assert steps_per_batch(1, (8, 8), 4096) == 1
+    torch.manual_seed(0)
+    model = BgadModel(coupling_blocks=2)
+    features = torch.randn(3, 24, 4, 5)
+    group = groups[0]
+    fibers = gather_positions(features, group)
+    assert fibers.shape == (3 * 7, 24)
+    torch.testing.assert_close(fibers[7 * 2 + 1], features[2, :, group[1] // 5, group[1] % 5])
+    grouped = model.position_group_log_likelihood(0, fibers, (4, 5), group)
+    per_fiber = model.fiber_log_likelihood(0, fibers, (4, 5), group.repeat(3))
+    torch.testing.assert_close(grouped, per_fiber)
 
 
 def test_invalid_init_args_are_rejected() -> None:
@@ -161,10 +183,10 @@ def test_phase_switch_and_boundary_checkpoint_round_trip(
     assert phase2["train_pull_loss"] > 0.0
     assert phase2["train_push_loss"] > 0.0  # the labeled anomalies are pushed in phase 2 only
 
-    boundary = model.model.normal_boundary.clone()
+    boundary = model.model.boundary.b_n.clone()
     assert torch.isfinite(boundary).all()
     assert (boundary != 0).all()
     checkpoint = next(Path(tmp_path).rglob("*.ckpt"))
     restored = Bgad.load_from_checkpoint(checkpoint, map_location="cpu")
-    torch.testing.assert_close(restored.model.normal_boundary, boundary)
+    torch.testing.assert_close(restored.model.boundary.b_n, boundary)
     assert restored.phase1_epochs == 1

@@ -90,19 +90,20 @@ class EpochRecorder(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Bgad) -> None:
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-        self.boundaries.append(pl_module.model.normal_boundary.clone())
+        self.boundaries.append(pl_module.model.boundary.b_n.clone())
 
 
 class ChunkCounter:
-    """Wrap ``fiber_log_likelihood`` of a model: count training calls, optionally poison some with NaN."""
+    """Wrap the training path's ``position_group_log_likelihood``: count calls (one per level and optimiser step),
+    optionally poison some with NaN."""
 
     def __init__(self, model: Bgad, poisoned: set[int] | None = None, every: tuple[int, ...] | None = None) -> None:
         self.calls = 0
         self.poisoned = poisoned or set()
         self.every = every  # (period, first, second, ...): poison these residues of the call index
-        self._original = model.model.fiber_log_likelihood
+        self._original = model.model.position_group_log_likelihood
         self._model = model
-        model.model.fiber_log_likelihood = self
+        model.model.position_group_log_likelihood = self
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         log_likelihood = self._original(*args, **kwargs)
@@ -128,60 +129,80 @@ def all_finite(state_dict: dict[str, torch.Tensor]) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def adam_steps(model: Bgad) -> list[int]:
+    """Adam's step count per flow parameter: a skipped (non-finite) step leaves it, and the weights, alone."""
+    optimizer = model.optimizers().optimizer
+    return sorted({int(optimizer.state[p]["step"]) for p in model.model.flows.parameters() if p in optimizer.state})
+
+
 def test_absurd_learning_rate_stops_with_a_clear_error_and_no_checkpoint(
     small_bgad_kwargs: dict, tmp_path: Path
 ) -> None:
-    """Fault: learning rate 1e30. The first step blows the flows up; every later chunk is NaN and skipped."""
-    model = small_model(small_bgad_kwargs, learning_rate=1e30, nonfinite_patience=3)
+    """Fault: learning rate 1e30. The first step blows the flows up; every later step is NaN and skipped."""
+    model = small_model(small_bgad_kwargs, learning_rate=1e30, nonfinite_patience=2)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = make_trainer(tmp_path, max_epochs=3, callbacks=[checkpoints])
     with pytest.raises(NonFiniteTrainingError) as error:
         trainer.fit(model, train_dataloaders=loader(synthetic_batches(3)))
     message = str(error.value)
-    assert "3 fiber chunks in a row had a non-finite log-likelihood" in message
+    assert "2 optimiser steps in a row had a non-finite log-likelihood" in message
     assert "learning rate is too high" in message
     assert "learning_rate=1e+30" in message
     for knob in ("--model.learning_rate", "--model.gradient_clip_norm", "--model.clamp_alpha"):
         assert knob in message
-    # One flow per level: the first chunk of each level is finite and steps (3 steps); after that every chunk
-    # of every level is NaN and skipped, and the third in a row stops training.
-    assert trainer.global_step == 3
+    # One step per batch (all levels): the first is finite and steps; the next two are NaN and skipped, and the
+    # check at the end of the third batch stops training.
+    assert trainer.global_step == 3  # steps attempted
+    assert adam_steps(model) == [1]  # steps taken
     assert not list(tmp_path.rglob("*.ckpt"))  # stopped inside epoch 0: no checkpoint, certainly no NaN one
-    assert torch.isfinite(model.model.normal_boundary).all()
+    assert torch.isfinite(model.model.boundary.b_n).all()
 
 
 @pytest.mark.parametrize("where", ["log_likelihood", "gradient"])
-def test_a_transient_nonfinite_chunk_is_skipped_counted_and_kept_out_of_the_boundary(
+def test_a_transient_nonfinite_step_is_skipped_counted_and_kept_out_of_the_boundary(
     small_bgad_kwargs: dict,
     tmp_path: Path,
     where: str,
 ) -> None:
-    """Fault: one NaN log-likelihood (or one NaN gradient) in epoch 1. That chunk is skipped, training goes on."""
+    """Fault: one NaN log-likelihood (or one NaN gradient) in epoch 1. That step is skipped, training goes on."""
     model = small_model(small_bgad_kwargs)
-    # Training chunk 6 is epoch 1 (phase 2), batch 0, level 0 (2 batches x 3 levels per epoch, one chunk each).
+    # Call 6 is epoch 1 (phase 2), batch 0, level 0 (2 batches x 1 step x 3 levels per epoch).
     counter = ChunkCounter(model, poisoned={6} if where == "log_likelihood" else set())
-    if where == "gradient":  # finite loss, NaN gradient of a level-0 flow weight in the backward of chunk 6
+    if where == "gradient":  # finite loss, NaN gradient of a level-0 flow weight in the backward of that step
         parameter = next(model.model.flows[0].parameters())
-        parameter.register_hook(lambda grad: grad * float("nan") if counter.calls == 7 else grad)
-    collected: list[list[int]] = []
-    finish = model._finish_epoch
+        parameter.register_hook(lambda grad: grad * float("nan") if counter.calls == 9 else grad)
+    collected: list[list[float]] = []
+    boundary = model.model.boundary
+    finish = boundary.finish_epoch
 
     def spy() -> None:
-        if model._finished_epoch != model.current_epoch:  # the call that applies the epoch (not the no-op one)
-            collected.append([len(level) for level in model._epoch_boundaries])
+        collected.append(boundary.epoch_count.tolist())  # accepted step estimates per level
         finish()
 
-    model._finish_epoch = spy
+    boundary.finish_epoch = spy
+    before: dict[str, torch.Tensor] = {}
+
+    class Snapshot(Callback):  # the weights before and after the poisoned step (epoch 1, batch 0)
+        def on_train_batch_start(self, trainer: Trainer, pl_module: Bgad, batch: Any, batch_idx: int) -> None:
+            if (trainer.current_epoch, batch_idx) == (1, 0):
+                before.update({k: v.clone() for k, v in pl_module.model.flows.state_dict().items()})
+
+        def on_train_batch_end(self, trainer: Trainer, pl_module: Bgad, *args: Any) -> None:
+            if (trainer.current_epoch, args[-1]) == (1, 0):
+                for key, value in pl_module.model.flows.state_dict().items():
+                    torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
     recorder = EpochRecorder()
-    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[recorder])
+    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[recorder, Snapshot()])
     trainer.fit(model, train_dataloaders=loader(synthetic_batches(2)))
 
-    assert counter.calls == 12  # 2 epochs x 2 batches x 3 levels, one chunk each
-    assert trainer.global_step == 11  # one chunk skipped: no optimiser step for it
-    assert [m["train_nonfinite_chunks"] for m in recorder.metrics] == [0.0, 1.0]
-    # Chunk boundaries collected per level: the skipped chunk's boundary is not among them.
-    assert collected == [[2, 2, 2], [1, 2, 2]]
-    assert torch.isfinite(model.model.normal_boundary).all()
+    assert counter.calls == 12  # 2 epochs x 2 batches x 1 step x 3 levels
+    assert trainer.global_step == 4  # steps attempted ...
+    assert adam_steps(model) == [3]  # ... of which one skipped: no optimiser update for it
+    assert [m["train_nonfinite_steps"] for m in recorder.metrics] == [0.0, 1.0]
+    # Step estimates accepted per level: the skipped step's boundary is not among them.
+    assert collected == [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]
+    assert torch.isfinite(model.model.boundary.b_n).all()
     assert all_finite(model.state_dict())
 
 
@@ -191,7 +212,7 @@ def test_nan_backbone_features_are_dropped_counted_and_the_image_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Fault: a NaN feature (one fiber of one image, every training batch). It is dropped before the flows."""
-    model = small_model(small_bgad_kwargs)
+    model = small_model(small_bgad_kwargs, cache_features=False)  # the backbone runs on every batch
     extractor = model.model.feature_extractor
     original = extractor.forward
 
@@ -209,28 +230,29 @@ def test_nan_backbone_features_are_dropped_counted_and_the_image_named(
         trainer.fit(model, train_dataloaders=loader(synthetic_batches(2)))
 
     assert [m["train_nonfinite_fibers"] for m in recorder.metrics] == [2.0, 2.0]  # one fiber per batch
-    assert [m["train_nonfinite_chunks"] for m in recorder.metrics] == [0.0, 0.0]  # nothing reached the flows
+    assert [m["train_nonfinite_steps"] for m in recorder.metrics] == [0.0, 0.0]  # nothing reached the flows
     warnings = "\n".join(r.getMessage() for r in caplog.records if "contain NaN/Inf" in r.getMessage())
     # Each bad image is named once (not once per epoch), the clean ones never.
     assert warnings.count("synthetic/0_0.png") == 1
     assert warnings.count("synthetic/1_0.png") == 1
     assert "synthetic/0_1.png" not in warnings
-    assert trainer.global_step == 12
-    assert torch.isfinite(model.model.normal_boundary).all()
+    assert adam_steps(model) == [4]
+    assert torch.isfinite(model.model.boundary.b_n).all()
     checkpoint = torch.load(checkpoints.best_model_path, map_location="cpu", weights_only=True)
     assert all_finite(checkpoint["state_dict"])
 
 
-def test_frequent_nonfinite_chunks_stop_training_at_the_epoch_end(small_bgad_kwargs: dict, tmp_path: Path) -> None:
-    """Fault: 2 of every 3 chunks NaN (never 10 in a row). Stop rule part 2 (> 50 % of an epoch) ends training."""
+def test_frequent_nonfinite_steps_stop_training_at_the_epoch_end(small_bgad_kwargs: dict, tmp_path: Path) -> None:
+    """Fault: 2 of every 3 steps NaN (never 10 in a row). Stop rule part 2 (> 50 % of an epoch) ends training."""
     model = small_model(small_bgad_kwargs)
-    ChunkCounter(model, every=(3, 1, 2))
+    ChunkCounter(model, every=(9, 3, 4, 5, 6, 7, 8))  # 3 calls (levels) per step: steps 1 and 2 of every 3
     trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")])
-    with pytest.raises(NonFiniteTrainingError, match="more than 50% of the epoch's fiber chunks"):
-        trainer.fit(model, train_dataloaders=loader(synthetic_batches(2)))
+    with pytest.raises(NonFiniteTrainingError, match="more than 50% of epoch 0's optimiser steps"):
+        trainer.fit(model, train_dataloaders=loader(synthetic_batches(3)))
     assert model.current_epoch == 0
-    assert trainer.global_step == 2
-    assert (model.model.normal_boundary == 0).all()  # the boundary was never updated
+    assert trainer.global_step == 3
+    assert adam_steps(model) == [1]
+    assert (model.model.boundary.b_n == 0).all()  # the boundary was never updated
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -300,15 +322,15 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_checkpoints_load_with_weights_only_and_carry_boundary_and_training_state(trained_checkpoint: Path) -> None:
     raw = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)  # plain torch, no allowlist
-    boundary = raw["state_dict"]["model.normal_boundary"]
+    boundary = raw["state_dict"]["model.boundary.b_n"]
     assert torch.isfinite(boundary).all()
     assert (boundary != 0).all()
     state = raw["bgad_training_state"]
     assert state["finished_epoch"] == 1  # the checkpoint was written after epoch 1's boundary/LR update
-    assert state["epoch_boundaries"] == [[], [], []]
-    assert raw["lr_schedulers"][0]["last_epoch"] == 2
+    assert state["boundary"]["epoch_count"] == [0.0, 0.0, 0.0]  # the epoch's update was applied and reset
+    assert raw["lr_schedulers"][0]["last_epoch"] == 2  # one-cycle: stepped once per batch (1 batch x 2 epochs)
     restored = Bgad.load_from_checkpoint(trained_checkpoint, map_location="cpu")  # anomalib: weights_only=True
-    torch.testing.assert_close(restored.model.normal_boundary, boundary, rtol=0, atol=0)
+    torch.testing.assert_close(restored.model.boundary.b_n, boundary, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -347,20 +369,25 @@ def test_a_checkpoint_of_another_architecture_fails_with_a_clear_message(
 
 
 def test_mid_epoch_training_state_survives_a_checkpoint_round_trip(small_bgad_kwargs: dict, tmp_path: Path) -> None:
-    """The epoch accumulators (chunk boundaries, counters) are saved, so a mid-epoch resume averages the whole epoch."""
+    """The epoch accumulators (boundary sums, step counters) are saved, so a mid-epoch resume averages the epoch."""
     source = small_model(small_bgad_kwargs)
-    source._epoch_boundaries = [[torch.tensor(-0.5), torch.tensor(-0.25)], [torch.tensor(-0.75)], []]
-    source._epoch_chunks, source._epoch_skipped_chunks, source._consecutive_skipped_chunks = 7, 2, 1
-    source._epoch_anomalous_fibers, source._epoch_nonfinite_fibers, source._finished_epoch = 40, 3, 4
+    yes, no = torch.tensor(True), torch.tensor(False)
+    source.model.boundary.accumulate(0, torch.tensor(-0.5), yes)
+    source.model.boundary.accumulate(0, torch.tensor(-0.25), yes)
+    source.model.boundary.accumulate(1, torch.tensor(-0.75), yes)
+    for ok in (yes, no, no):
+        source.guard.check_step(ok, yes, yes)
+    source._epoch_nonfinite_fibers, source._finished_epoch = 3, 4
     checkpoint = {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}
     source.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "state.ckpt")
     checkpoint = torch.load(tmp_path / "state.ckpt", weights_only=True)
     target = small_model(small_bgad_kwargs)
     target.on_load_checkpoint(checkpoint)
-    assert [[float(b) for b in level] for level in target._epoch_boundaries] == [[-0.5, -0.25], [-0.75], []]
-    assert (target._epoch_chunks, target._epoch_skipped_chunks, target._consecutive_skipped_chunks) == (7, 2, 1)
-    assert (target._epoch_anomalous_fibers, target._epoch_nonfinite_fibers, target._finished_epoch) == (40, 3, 4)
+    assert target.guard.training_state() == {"steps": 3, "skipped": 2, "run": 2, "problem": 1}
+    assert (target._epoch_nonfinite_fibers, target._finished_epoch) == (3, 4)
+    target.model.boundary.finish_epoch()
+    assert target.model.boundary.b_n.tolist() == [-0.375, -0.75, 0.0]
 
 
 class Interrupt(Callback):
@@ -399,15 +426,24 @@ def optimizer_tensors(trainer: Trainer) -> list[torch.Tensor]:
 
 
 class EpochChunks(Callback):
-    """Record how many chunks each epoch trained and its boundary."""
+    """Record how many step estimates each epoch's boundary update averaged, and the boundary."""
 
     def __init__(self) -> None:
         self.chunks: list[int] = []
         self.boundaries: list[torch.Tensor] = []
 
+    def on_train_start(self, trainer: Trainer, pl_module: Bgad) -> None:
+        boundary = pl_module.model.boundary
+        finish = boundary.finish_epoch
+
+        def spy() -> None:
+            self.chunks.append(int(boundary.epoch_count.sum()))
+            finish()
+
+        boundary.finish_epoch = spy
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Bgad) -> None:
-        self.chunks.append(pl_module._epoch_chunks)
-        self.boundaries.append(pl_module.model.normal_boundary.clone())
+        self.boundaries.append(pl_module.model.boundary.b_n.clone())
 
 
 @pytest.fixture(scope="module")
@@ -433,7 +469,7 @@ def test_resume_from_a_phase2_checkpoint_continues_exactly(shuffled_reference: d
         trainer.fit(interrupted, train_dataloaders=shuffled_loader())
     last = tmp_path / "b" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    saved_boundary = saved["state_dict"]["model.normal_boundary"]
+    saved_boundary = saved["state_dict"]["model.boundary.b_n"]
     assert saved["epoch"] == 1  # phase 2 (phase1_epochs=1)
     torch.testing.assert_close(saved_boundary, shuffled_reference["recorder"].boundaries[1], **TOLERANCE)
 
@@ -443,7 +479,7 @@ def test_resume_from_a_phase2_checkpoint_continues_exactly(shuffled_reference: d
 
     class Start(Callback):
         def on_train_epoch_start(self, trainer: Trainer, pl_module: Bgad) -> None:
-            started.append((trainer.current_epoch, pl_module.in_phase2, pl_module.model.normal_boundary.clone()))
+            started.append((trainer.current_epoch, pl_module.in_phase2, pl_module.model.boundary.b_n.clone()))
 
     resumed_trainer = make_trainer(tmp_path / "c", max_epochs=3, callbacks=[Start()])
     resumed_trainer.fit(resumed, train_dataloaders=shuffled_loader(), ckpt_path=last)
@@ -489,8 +525,8 @@ def test_resume_from_a_mid_epoch_checkpoint_keeps_the_epoch_accumulators(
         trainer.fit(interrupted, train_dataloaders=shuffled_loader())
     saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
     state = saved["bgad_training_state"]
-    assert (saved["epoch"], state["epoch_chunks"]) == (2, 3)  # half of epoch 2: batch 0's 3 chunks
-    assert [len(level) for level in state["epoch_boundaries"]] == [1, 1, 1]
+    assert (saved["epoch"], state["guard"]["steps"]) == (2, 1)  # half of epoch 2: batch 0's step
+    assert state["boundary"]["epoch_count"] == [1.0, 1.0, 1.0]
 
     seed_everything(11)
     resumed = Bgad(phase1_epochs=1, **small_kwargs())
@@ -499,7 +535,8 @@ def test_resume_from_a_mid_epoch_checkpoint_keeps_the_epoch_accumulators(
     resumed_trainer.fit(resumed, train_dataloaders=shuffled_loader(), ckpt_path=tmp_path / "b" / "last.ckpt")
 
     reference = shuffled_reference["recorder"]
-    assert recorder.chunks == [reference.chunks[2]] == [6]  # the whole epoch's chunks, not only the last 3
+    # The whole epoch's step estimates (2 steps x 3 levels), not only those after the interruption.
+    assert recorder.chunks == [reference.chunks[2]] == [6]
     assert resumed_trainer.global_step == shuffled_reference["trainer"].global_step
     assert resumed.current_epoch == 3
     torch.testing.assert_close(recorder.boundaries[0], reference.boundaries[2], rtol=0.05, atol=0.0)
@@ -560,13 +597,13 @@ class PipelineRecorder(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Bgad) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        self.starts.append((trainer.current_epoch, pl_module.in_phase2, pl_module.model.normal_boundary.clone(), lr))
+        self.starts.append((trainer.current_epoch, pl_module.in_phase2, pl_module.model.boundary.b_n.clone(), lr))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: Bgad, batch: Any, batch_idx: int) -> None:
         self.batches.append(batch_digest(batch))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Bgad) -> None:
-        self.boundaries[trainer.current_epoch] = pl_module.model.normal_boundary.clone()
+        self.boundaries[trainer.current_epoch] = pl_module.model.boundary.b_n.clone()
 
 
 def run_pipeline(
@@ -631,7 +668,7 @@ def test_a_phase2_run_interrupted_and_resumed_with_ckpt_path_matches_the_uninter
 
     epoch, phase2, boundary, lr = recorder.starts[0]
     assert (epoch, phase2) == (2, True)  # same phase
-    torch.testing.assert_close(boundary, saved["state_dict"]["model.normal_boundary"], rtol=0, atol=0)  # restored
+    torch.testing.assert_close(boundary, saved["state_dict"]["model.boundary.b_n"], rtol=0, atol=0)  # restored
     torch.testing.assert_close(boundary, reference.boundaries[1], **TOLERANCE)  # same boundary
     assert lr == reference.starts[2][3]  # same learning rate (scheduler state)
     assert recorder.batches == reference.batches[-len(recorder.batches) :]  # same data (pseudo anomalies too)

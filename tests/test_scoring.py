@@ -15,6 +15,7 @@ from anomalib.models.components import GaussianBlur2d
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
+from anomalib_bgad.models.bgad.fibers import to_fibers
 from anomalib_bgad.models.bgad.torch_model import BgadModel
 
 ATOL = 1e-5  # the batch-invariance tolerance, on raw scores/maps and on normalised ones
@@ -35,7 +36,7 @@ def model() -> BgadModel:
     torch.manual_seed(0)
     bgad = BgadModel(coupling_blocks=2)
     perturb_flows(bgad)
-    bgad.normal_boundary.copy_(torch.tensor([-0.31, -0.42, -0.55]))
+    bgad.boundary.b_n.copy_(torch.tensor([-0.31, -0.42, -0.55]))
     return bgad.eval()
 
 
@@ -74,8 +75,8 @@ def reference_scores(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tens
             upsampled = []
             for level, feature in enumerate(model.feature_extractor(image)):
                 _, _, height, width = feature.shape
-                log_likelihood = model.fiber_log_likelihood(level, model.to_fibers(feature), (height, width))
-                distance = model.normal_boundary[level] - log_likelihood.view(1, 1, height, width) / model.normalizer
+                log_likelihood = model.fiber_log_likelihood(level, to_fibers(feature), (height, width))
+                distance = model.boundary.b_n[level] - log_likelihood.view(1, 1, height, width) / model.boundary.normalizer
                 upsampled.append(F.interpolate(distance, size=image.shape[-2:], mode="bilinear", align_corners=False))
             maps.append(blur(torch.stack(upsampled).mean(dim=0)))
     anomaly_map = torch.cat(maps)
@@ -129,7 +130,7 @@ def test_lightning_pipeline_with_post_processing_is_batch_invariant(images: torc
     torch.manual_seed(0)
     module = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)), visualizer=False)
     perturb_flows(module.model)
-    module.model.normal_boundary.copy_(torch.tensor([-0.3, -0.4, -0.5]))
+    module.model.boundary.b_n.copy_(torch.tensor([-0.3, -0.4, -0.5]))
     module.eval()
     raw = (images[:8] * 0.225 + 0.45).clamp(0, 1)  # RGB in 0..1, the exported graph's input
     with torch.inference_mode():
@@ -181,7 +182,7 @@ def test_whole_map_likelihood_keeps_gradients_in_training_mode(model: BgadModel)
     assert any(g.abs().sum() > 0 for g in grads)
     model.zero_grad(set_to_none=True)
     for level, (feature, log_likelihood) in enumerate(zip(features, maps, strict=True)):
-        expected = model.fiber_log_likelihood(level, model.to_fibers(feature), tuple(feature.shape[-2:]))
+        expected = model.fiber_log_likelihood(level, to_fibers(feature), tuple(feature.shape[-2:]))
         torch.testing.assert_close(log_likelihood.detach().reshape(-1), expected.detach(), atol=1e-5, rtol=1e-5)
 
 
@@ -201,7 +202,7 @@ def test_inference_mode_caches_do_not_break_later_autograd(images: torch.Tensor)
     bgad.train()
     maps = bgad(images[:1])
     features = bgad.feature_extractor(images[:1])
-    fibers = bgad.to_fibers(features[0])
+    fibers = to_fibers(features[0])
     positions = torch.arange(fibers.shape[0])
     trained = bgad.fiber_log_likelihood(0, fibers, tuple(features[0].shape[-2:]), positions)
     (maps[0].sum() + trained.sum()).backward()

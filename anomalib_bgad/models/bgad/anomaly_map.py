@@ -1,8 +1,8 @@
 """Anomaly map of BGAD: distance below the learned normal boundary.
 
-For every feature level k the map is ``d_k = b_n,k - ln_k`` where ``ln_k = l_k / alpha`` is the
-normalised log-likelihood of a feature position and ``b_n,k`` the normal boundary learned in
-training. ``d_k > 0`` means "less likely than the boundary": positions outside the normal region.
+For every feature level k the map is ``d_k = b_n,k - ln_k`` (:meth:`.boundary.Boundary.distance`) where
+``ln_k = l_k / alpha`` is the normalised log-likelihood of a feature position and ``b_n,k`` the normal boundary
+learned in training. ``d_k > 0`` means "less likely than the boundary": positions outside the normal region.
 The levels are upsampled (bilinear) to the input size and averaged, then smoothed with a
 Gaussian (sigma 4, as anomalib's flow models do; 0 disables). The image score is the map's
 maximum.
@@ -32,6 +32,8 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
+from .boundary import Boundary
+
 
 class AnomalyMapGenerator(nn.Module):
     """Turn per-level normalised log-likelihood maps into an anomaly map.
@@ -50,14 +52,14 @@ class AnomalyMapGenerator(nn.Module):
     def forward(
         self,
         normalized_log_likelihoods: list[torch.Tensor],
-        normal_boundary: torch.Tensor,
+        boundary: Boundary,
         image_size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
         """Compute the anomaly map.
 
         Args:
             normalized_log_likelihoods (list[torch.Tensor]): ``ln_k`` per level, each ``(B, H_k, W_k)``.
-            normal_boundary (torch.Tensor): ``b_n`` per level, shape ``(K,)``.
+            boundary (Boundary): The learned boundary (``b_n`` per level).
             image_size (tuple[int, int] | torch.Size): Output size ``(H, W)``.
 
         Returns:
@@ -66,7 +68,7 @@ class AnomalyMapGenerator(nn.Module):
         anomaly_map = None
         for level, log_likelihood in enumerate(normalized_log_likelihoods):
             distance = F.interpolate(
-                (normal_boundary[level] - log_likelihood).unsqueeze(1),
+                boundary.distance(level, log_likelihood).unsqueeze(1),
                 size=tuple(image_size),
                 mode="bilinear",
                 align_corners=False,

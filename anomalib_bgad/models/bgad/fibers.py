@@ -1,0 +1,92 @@
+"""Fibers: the feature vectors at the positions of a feature map, and how training draws them.
+
+A *fiber* is the ``C_k``-dimensional feature vector at one position of the level-``k`` feature map. The flows
+see fibers one by one, conditioned on their position.
+
+Training draws fibers **by position group**: per optimiser step, every level contributes the fibers of all the
+batch's images at a random subset of its grid positions (the level's positions are shuffled once per batch and
+cut into as many groups as the batch takes steps). All levels take the same number of steps per batch and are
+trained together in each step. Grouping by position lets the positional part of every coupling subnet be
+computed once per position of the group instead of once per fiber (see :class:`.flow.PositionalSubnet`): the
+condition is 128 of the subnet's 140-240 inputs, so this is most of the training arithmetic. The authors
+instead shuffle all fibers of a level and cut them into chunks of 4096, one level per step; both are unbiased
+draws of the same fibers and feed the same loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+def to_fibers(features: torch.Tensor) -> torch.Tensor:
+    """Flatten a feature map ``(B, C, H, W)`` into fibers ``(B*H*W, C)``, batch-major then row-major."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+def downsample_mask(masks: torch.Tensor | None, size: tuple[int, int], batch_size: int) -> torch.Tensor:
+    """Downsample pixel masks to a feature level (nearest), as a boolean per position.
+
+    Args:
+        masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)``; ``None`` means all normal.
+        size (tuple[int, int]): Feature map size ``(H_k, W_k)``.
+        batch_size (int): ``B``, used when ``masks`` is ``None``.
+
+    Returns:
+        torch.Tensor: Boolean ``(B, H_k, W_k)``.
+    """
+    if masks is None:
+        return torch.zeros(batch_size, *size, dtype=torch.bool)
+    masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
+    return F.interpolate(masks, size=tuple(size), mode="nearest")[:, 0] > 0.5
+
+
+def steps_per_batch(num_images: int, grid_size: tuple[int, int], fiber_batch_size: int) -> int:
+    """Optimiser steps for a batch: enough that a step holds about ``fiber_batch_size`` fibers of the finest level.
+
+    Args:
+        num_images (int): Images in the batch (under DDP: the largest batch of all ranks).
+        grid_size (tuple[int, int]): ``(H, W)`` of the finest (largest) feature level.
+        fiber_batch_size (int): Target fibers of the finest level per step.
+
+    Returns:
+        int: Number of steps, between 1 and the number of positions of the finest level.
+    """
+    positions = grid_size[0] * grid_size[1]
+    return max(1, min(positions, round(num_images * positions / fiber_batch_size)))
+
+
+def position_groups(grid_size: tuple[int, int], num_groups: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffle the positions ``y * W + x`` of a grid and cut them into ``num_groups`` groups of near-equal size.
+
+    A grid with fewer positions than groups repeats its shuffled positions, so that every group has at least one.
+
+    Args:
+        grid_size (tuple[int, int]): ``(H, W)``.
+        num_groups (int): Number of groups (the batch's optimiser steps).
+        generator (torch.Generator): CPU generator of the shuffle.
+
+    Returns:
+        list[torch.Tensor]: ``num_groups`` int64 tensors of positions (CPU).
+    """
+    positions = grid_size[0] * grid_size[1]
+    order = torch.randperm(positions, generator=generator)
+    if positions < num_groups:
+        order = order.repeat(math.ceil(num_groups / positions))[:num_groups]
+    return list(order.tensor_split(num_groups))
+
+
+def gather_positions(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Fibers of all images at the given positions, ``(B * P, C)`` batch-major (position-group order).
+
+    Args:
+        features (torch.Tensor): Feature map ``(B, C, H, W)``.
+        positions (torch.Tensor): ``(P,)`` grid positions ``y * W + x`` on the features' device.
+
+    Returns:
+        torch.Tensor: ``(B * P, C)``.
+    """
+    batch, channels = features.shape[:2]
+    return features.flatten(2).index_select(2, positions).permute(0, 2, 1).reshape(batch * positions.numel(), channels)

@@ -1,0 +1,211 @@
+"""The numerics guard of BGAD's training: nothing non-finite is ever stepped on, checkpointed or scored.
+
+- A step whose log-likelihood, loss or gradient norm is NaN/Inf is **skipped**: the optimiser leaves weights and
+  moments alone (``found_inf``, as for mixed-precision loss scaling, so the decision stays on the device) and the
+  step's boundary estimates are not used.
+- Skips are counted on the device and checked once per batch (one host synchronisation): ``patience`` skipped
+  steps in a row, or more than half of an epoch's steps, stop training with :class:`NonFiniteTrainingError`,
+  whose message names the likely cause and the knobs.
+- Backbone fibers with NaN/Inf (degenerate input images) are left out of the loss and the boundary, and their
+  images are named once in a warning (:func:`nonfinite_fibers`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Stop rule, part 2: an epoch in which more than this fraction of the optimiser steps had to be skipped stops
+# training. Part 1 is ``patience`` skipped steps in a row.
+MAX_SKIPPED_FRACTION = 0.5
+# What was non-finite, in the order it is checked; index 0 means "nothing".
+PROBLEMS = ("", "log-likelihood", "loss", "gradient norm")
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Training produced NaN/Inf persistently; raised instead of writing a NaN model or NaN scores."""
+
+
+class NonFiniteGuard:
+    """Device-side bookkeeping of skipped optimiser steps and the stop rule.
+
+    Args:
+        patience (int): Skipped steps in a row that stop training, ``>= 1``.
+        advice (str): The likely causes and the knobs, appended to every error message.
+
+    Raises:
+        ValueError: If ``patience < 1``.
+    """
+
+    def __init__(self, patience: int, advice: str) -> None:
+        if patience < 1:
+            msg = f"nonfinite_patience must be >= 1, got {patience}."
+            raise ValueError(msg)
+        self.patience = patience
+        self.advice = advice
+        self.steps = 0  # optimiser steps tried this epoch (host count: known without a sync)
+        self._skipped: torch.Tensor | None = None  # skipped this epoch
+        self._run: torch.Tensor | None = None  # skipped in a row up to now
+        self._worst_run: torch.Tensor | None = None  # longest run since the last check
+        self._problem: torch.Tensor | None = None  # PROBLEMS index of the last skip
+        self._restored: dict[str, int] = {}
+
+    def _tensors(self, device: torch.device) -> None:
+        if self._skipped is None or self._skipped.device != device:
+            restored = self._restored
+            self._skipped = torch.tensor(restored.get("skipped", 0), device=device)
+            self._run = torch.tensor(restored.get("run", 0), device=device)
+            self._worst_run = self._run.clone()
+            self._problem = torch.tensor(restored.get("problem", 0), device=device)
+            self._restored = {}
+
+    def check_step(
+        self,
+        log_likelihood_finite: torch.Tensor,
+        loss_finite: torch.Tensor,
+        gradient_finite: torch.Tensor,
+    ) -> None:
+        """Count one optimiser step; the arguments are boolean scalars (and-ed over ranks under DDP)."""
+        self._tensors(log_likelihood_finite.device)
+        ok = log_likelihood_finite & loss_finite & gradient_finite
+        problem = torch.where(~log_likelihood_finite, 1, torch.where(~loss_finite, 2, 3))
+        self.steps += 1
+        self._skipped += (~ok).long()
+        self._run = torch.where(ok, 0, self._run + 1)
+        self._worst_run = torch.maximum(self._worst_run, self._run)
+        self._problem = torch.where(ok, self._problem, problem)
+
+    def check_batch(self, where: str) -> None:
+        """Stop rule, part 1 (one host synchronisation): ``patience`` skipped steps in a row.
+
+        Args:
+            where (str): Where training stands, for the message (e.g. ``"epoch 3, batch 7"``).
+
+        Raises:
+            NonFiniteTrainingError: If the rule fires.
+        """
+        if self._worst_run is None:
+            return
+        worst, skipped, problem = (int(value) for value in torch.stack([self._worst_run, self._skipped, self._problem]))
+        self._worst_run = self._run.clone()
+        if worst >= self.patience:
+            reason = f"{worst} optimiser steps in a row had a non-finite {PROBLEMS[problem]} (last: {where})"
+            raise NonFiniteTrainingError(self.message(reason, skipped))
+        if skipped:
+            logger.debug("Skipped %d non-finite optimiser steps so far this epoch (%s).", skipped, where)
+
+    def finish_epoch(self, epoch: int) -> int:
+        """Stop rule, part 2, then reset the epoch counts.
+
+        Args:
+            epoch (int): The epoch that ends.
+
+        Returns:
+            int: Steps skipped in the epoch.
+
+        Raises:
+            NonFiniteTrainingError: If more than half of the epoch's steps were skipped.
+        """
+        skipped = int(self._skipped) if self._skipped is not None else 0
+        steps = self.steps
+        if steps and skipped > MAX_SKIPPED_FRACTION * steps:
+            reason = (
+                f"more than {MAX_SKIPPED_FRACTION:.0%} of epoch {epoch}'s optimiser steps had a non-finite "
+                "log-likelihood, loss or gradient"
+            )
+            raise NonFiniteTrainingError(self.message(reason, skipped))
+        if skipped:
+            logger.warning(
+                "BGAD epoch %d: skipped %d of %d optimiser steps with non-finite values (see nonfinite_patience).",
+                epoch,
+                skipped,
+                steps,
+            )
+        self.steps = 0
+        if self._skipped is not None:
+            self._skipped.zero_()
+        return skipped
+
+    def message(self, reason: str, skipped: int | None = None) -> str:
+        """The error of the stop rule: what happened, that nothing non-finite was kept, and the advice."""
+        count = f" ({skipped} of {self.steps} steps skipped this epoch)" if skipped is not None else ""
+        return (
+            f"BGAD training stopped: {reason}; each was skipped without an optimiser step{count}. "
+            f"{self.advice} No checkpoint with NaN weights was written."
+        )
+
+    def training_state(self) -> dict[str, Any]:
+        """The counters as plain data for a checkpoint."""
+        if self._skipped is None:
+            return {"steps": self.steps, **self._restored}
+        return {
+            "steps": self.steps,
+            "skipped": int(self._skipped),
+            "run": int(self._run),
+            "problem": int(self._problem),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` saved (applied on the next step's device)."""
+        self.steps = int(state.get("steps", 0))
+        self._restored = {key: int(state[key]) for key in ("skipped", "run", "problem") if key in state}
+        self._skipped = self._run = self._worst_run = self._problem = None
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped this epoch (a host synchronisation)."""
+        return int(self._skipped) if self._skipped is not None else self._restored.get("skipped", 0)
+
+
+def nonfinite_fibers(features: Sequence[torch.Tensor], paths: Sequence[str]) -> tuple[list[torch.Tensor], list[str]]:
+    """Which fibers of a batch are finite, and which images have any that are not.
+
+    Args:
+        features (Sequence[torch.Tensor]): Per level ``(B, C_k, H_k, W_k)``.
+        paths (Sequence[str]): Image paths of the batch (may be shorter than ``B``).
+
+    Returns:
+        tuple[list[torch.Tensor], list[str]]: Per level a boolean ``(B, H_k, W_k)`` of finite fibers, and the
+        names of the images with non-finite fibers (one host synchronisation; empty when all are finite).
+    """
+    finite = [torch.isfinite(level).all(dim=1) for level in features]
+    bad = torch.stack([~level.flatten(1).all(dim=1) for level in finite]).any(dim=0)
+    indices = bad.nonzero().flatten().tolist()
+    return finite, [paths[i] if i < len(paths) else f"<batch item {i}>" for i in indices]
+
+
+def check_finite_scores(
+    pred_score: torch.Tensor, anomaly_map: torch.Tensor, images: torch.Tensor, paths: Sequence[str]
+) -> None:
+    """Raise a clear error naming the images instead of returning NaN/Inf scores or maps.
+
+    Args:
+        pred_score (torch.Tensor): ``(B,)`` scores.
+        anomaly_map (torch.Tensor): ``(B, 1, H, W)`` maps.
+        images (torch.Tensor): The pre-processed images ``(B, 3, H, W)`` (to tell a bad input from a bad model).
+        paths (Sequence[str]): Their paths (may be shorter than ``B``).
+
+    Raises:
+        ValueError: If any score or map value is non-finite, naming the images and the likely cause.
+    """
+    bad = ~torch.isfinite(pred_score.reshape(pred_score.shape[0], -1)).all(dim=1)
+    bad |= ~torch.isfinite(anomaly_map.reshape(anomaly_map.shape[0], -1)).all(dim=1)
+    if not bool(bad.any()):
+        return
+    indices = bad.nonzero().flatten().tolist()
+    names = [str(paths[i]) if i < len(paths) else f"<batch item {i}>" for i in indices]
+    image_bad = ~torch.isfinite(images.reshape(images.shape[0], -1)).all(dim=1)
+    if bool(image_bad[indices].all()):
+        cause = "the input images themselves contain NaN/Inf after pre-processing (corrupt or degenerate files)"
+    else:
+        cause = (
+            "the backbone features or the flows give NaN/Inf for them (degenerate input, or a corrupt model: "
+            "retrain with a lower --model.learning_rate)"
+        )
+    msg = f"BGAD cannot score {len(names)} image(s), {cause}: {', '.join(names)}. No NaN scores are reported."
+    raise ValueError(msg)
