@@ -26,7 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.data import FewAnomalyMVTecAD
-from anomalib_bgad.data.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
+from anomalib_bgad.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
 
 logger = logging.getLogger(__name__)
 

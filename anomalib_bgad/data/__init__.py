@@ -8,7 +8,6 @@ Example:
 
 from anomalib_bgad.data.base import MANIFEST_FILENAME, FewAnomalyDataModule
 from anomalib_bgad.data.btad import FewAnomalyBTAD
-from anomalib_bgad.data.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
 from anomalib_bgad.data.folder import FewAnomalyFolder
 from anomalib_bgad.data.foreground import compute_foreground
 from anomalib_bgad.data.manifest import SplitManifest
@@ -22,7 +21,6 @@ from anomalib_bgad.data.visa import FewAnomalyVisa
 
 __all__ = [
     "AUGMENTATIONS",
-    "EMBEDDED_CATEGORIES",
     "MANIFEST_FILENAME",
     "PSEUDO_ANOMALY_SOURCES",
     "FewAnomalyBTAD",
@@ -34,7 +32,6 @@ __all__ = [
     "Setting",
     "SplitManifest",
     "compute_foreground",
-    "generate_embedded_dataset",
     "generate_pseudo_anomaly",
     "generate_smoothblend",
     "preview_pseudo_anomalies",
