@@ -20,7 +20,7 @@ pytestmark = [
 # Speed only: a small flow, few pseudo anomalies, two epochs (phase 1, then phase 2 with anomalies).
 FAST = [
     "--model.coupling_blocks", "2", "--model.fiber_batch_size", "2048", "--model.phase1_epochs", "1",
-    "--data.pseudo_anomalies", "4", "--data.repeat_anomalies", "1", "--data.num_workers", "0",
+    "--data.pseudo_anomaly_count", "4", "--data.repeat_anomalies", "1", "--data.num_workers", "0",
     "--data.train_batch_size", "8", "--data.eval_batch_size", "8",
     "--trainer.max_epochs", "2", "--seed_everything", "0",
 ]  # fmt: skip

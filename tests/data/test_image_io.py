@@ -74,7 +74,7 @@ def test_datamodule_loads_grayscale_rgba_and_16bit_files(trees, tmp_path: Path) 
             Image.fromarray(mask).save(base / "ground_truth" / name / f"{i:03d}_mask.png")
 
     datamodule = FewAnomalyMVTecAD(
-        root=root, category="bottle", n_anomalies=2, pseudo_anomalies=0, repeat_anomalies=1, num_workers=0
+        root=root, category="bottle", n_anomalies=2, pseudo_anomaly_count=0, repeat_anomalies=1, num_workers=0
     )
     datamodule.setup()
     items = {Path(item.image_path).name + Path(item.image_path).parent.name: item for item in datamodule.train_data}

@@ -11,7 +11,7 @@ import pytest
 
 from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyDataModule, FewAnomalyFolder, FewAnomalyMVTecAD, SplitManifest
 
-FAST = {"num_workers": 0, "pseudo_anomalies": 0, "repeat_anomalies": 1}
+FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
 
 
 def split_of(datamodule) -> dict[str, list[tuple[str, str, int]]]:

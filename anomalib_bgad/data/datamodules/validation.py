@@ -1,22 +1,20 @@
-"""Fail-fast checks of few-anomaly datasets and arguments, with messages that name the fix.
+"""Fail-fast checks of few-anomaly datasets on disk, with messages that name the fix.
 
 All checks only read the file system: nothing is created, moved or written under the dataset root.
 
 Example:
-    >>> check_arguments(n_anomalies=-1, setting="multi_class", pseudo_anomalies=0, repeat_anomalies=1)
-    Traceback (most recent call last):
-    ...
-    ValueError: n_anomalies must be >= 0, got -1. Set n_anomalies to the number of labeled defects to train with.
+    >>> list_images(Path("/nowhere"), (".png",))
+    []
 """
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
 from anomalib_bgad.data.image_io import image_size
-from anomalib_bgad.data.selection import Setting
 
 MVTEC_EXTENSIONS = (".png", ".PNG")
 BTAD_EXTENSIONS = (".bmp", ".png")
@@ -45,55 +43,6 @@ def list_images(folder: Path, extensions: Sequence[str], recursive: bool = False
         for path in folder.glob(pattern)
         if path.is_file() and (path.suffix.lower() if lower else path.suffix) in extensions
     )
-
-
-def check_arguments(
-    n_anomalies: int,
-    setting: str,
-    pseudo_anomalies: float,
-    repeat_anomalies: int,
-    seed: int = 0,
-) -> None:
-    """Check the few-anomaly arguments.
-
-    Args:
-        n_anomalies (int): Number of known anomalies.
-        setting (str): ``multi_class`` or ``one_class``.
-        pseudo_anomalies (float): Pseudo anomalies per epoch (count or ratio).
-        repeat_anomalies (int): Times each known anomaly appears per epoch.
-        seed (int): Selection seed. Defaults to ``0``.
-
-    Raises:
-        ValueError: On an invalid value.
-    """
-    if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int):
-        msg = f"n_anomalies must be an integer, got {n_anomalies!r}."
-        raise ValueError(msg)
-    if n_anomalies < 0:
-        msg = (
-            f"n_anomalies must be >= 0, got {n_anomalies}. "
-            "Set n_anomalies to the number of labeled defects to train with."
-        )
-        raise ValueError(msg)
-    valid = [item.value for item in Setting]
-    if setting not in valid:
-        msg = f"setting must be one of {valid}, got {setting!r}."
-        raise ValueError(msg)
-    if isinstance(pseudo_anomalies, bool) or not isinstance(pseudo_anomalies, int | float) or pseudo_anomalies < 0:
-        msg = (
-            f"pseudo_anomalies must be a count (int >= 0) or a ratio of the known anomalies (float >= 0), "
-            f"got {pseudo_anomalies!r}. Use 0 to disable pseudo anomalies."
-        )
-        raise ValueError(msg)
-    if isinstance(repeat_anomalies, bool) or not isinstance(repeat_anomalies, int) or repeat_anomalies < 0:
-        msg = (
-            f"repeat_anomalies must be an integer >= 0, got {repeat_anomalies!r}: the times each known anomaly "
-            "appears per epoch (0 keeps them out of the training batches; they still leave the test set)."
-        )
-        raise ValueError(msg)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        msg = f"seed must be an integer >= 0 (it fixes the anomaly selection), got {seed!r}."
-        raise ValueError(msg)
 
 
 def check_root(root: Path, dataset: str, layout: str) -> None:
@@ -213,9 +162,9 @@ def orphan_mask_error(mask: Path, image_folder: Path) -> ValueError:
     return ValueError(msg)
 
 
-def _decode(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
+def _size(path: str, decode: bool) -> tuple[str, tuple[int, int] | None, str | None]:
     try:
-        return path, image_size(path, decode=True), None
+        return path, image_size(path, decode=decode), None
     except _DECODE_ERRORS as error:
         return path, None, f"{type(error).__name__}: {error}"
 
@@ -245,9 +194,9 @@ def check_files(
     paths = list(dict.fromkeys([*images, *masks.values()]))
     if decode:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_decode, paths))
+            results = list(pool.map(partial(_size, decode=True), paths))
     else:
-        results = [_header(path) for path in paths]
+        results = [_size(path, decode=False) for path in paths]
     sizes: dict[str, tuple[int, int]] = {}
     for path, size, error in results:
         if error is not None or size is None:
@@ -265,10 +214,3 @@ def check_files(
                 "A mask must have the size of its image: fix or re-export the mask."
             )
             raise ValueError(msg)
-
-
-def _header(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
-    try:
-        return path, image_size(path, decode=False), None
-    except _DECODE_ERRORS as error:
-        return path, None, f"{type(error).__name__}: {error}"

@@ -3,18 +3,17 @@
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import pandas as pd
 from anomalib.data import Folder
-from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import Split
 from anomalib.data.utils.path import resolve_path
-from torchvision.transforms.v2 import Transform
 
-from anomalib_bgad.data import validation
-from anomalib_bgad.data.base import FewAnomalyDataModule
-from anomalib_bgad.data.datasets import FewAnomalyFolderDataset
-from anomalib_bgad.data.manifest import relative_path
+from anomalib_bgad.data.datamodules import validation
+from anomalib_bgad.data.datamodules.base import FewAnomalyDataModule
+from anomalib_bgad.data.datamodules.datasets import FewAnomalyFolderDataset
+from anomalib_bgad.data.split.manifest import relative_path
 
 
 class FewAnomalyFolder(FewAnomalyDataModule, Folder):
@@ -26,119 +25,25 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
     with one mask dir per abnormal dir, ``mask_dir[i]`` holds the masks of ``abnormal_dir[i]``. (anomalib
     itself pairs images and masks by sorted position; pairing by name is safer.)
 
-    Args:
-        name (str): Dataset name (results folder, selection seed).
-        normal_dir (str | Path | Sequence[str | Path]): Normal training images.
-        root (str | Path | None): Folder the other dirs are relative to; manifest paths are relative to it.
-            ``None``: the common parent of all dirs. Defaults to ``None``.
-        abnormal_dir (str | Path | Sequence[str | Path] | None): Anomalous images, one dir per defect type.
-            Required. Defaults to ``None``.
-        normal_test_dir (str | Path | Sequence[str | Path] | None): Normal test images; ``None``: taken
-            from the normal images (``test_split_ratio``). Defaults to ``None``.
-        mask_dir (str | Path | Sequence[str | Path] | None): Masks of the anomalous images. Required.
-            Defaults to ``None``.
-        normal_split_ratio (float): anomalib's (unused) normal split ratio. Defaults to ``0.2``.
-        extensions (tuple[str, ...] | None): Image extensions. Defaults to ``None`` (torchvision's list).
-        train_batch_size (int): Training batch size. Defaults to ``32``.
-        eval_batch_size (int): Evaluation batch size. Defaults to ``32``.
-        num_workers (int): Dataloader workers. Defaults to ``8``.
-        train_augmentations (Transform | None): Training augmentations. Defaults to ``None``.
-        val_augmentations (Transform | None): Validation augmentations. Defaults to ``None``.
-        test_augmentations (Transform | None): Test augmentations. Defaults to ``None``.
-        augmentations (Transform | None): Augmentations of every split without its own. Defaults to ``None``.
-        test_split_mode (TestSplitMode | str): anomalib's test split mode. Defaults to ``"from_dir"``.
-        test_split_ratio (float): anomalib's test split ratio. Defaults to ``0.2``.
-        val_split_mode (ValSplitMode | str): anomalib's validation split mode. Defaults to ``"from_test"``.
-        val_split_ratio (float): anomalib's validation split ratio. Defaults to ``0.5``.
-        seed (int): Seed of the selection, the pseudo anomalies and anomalib's random splits. Defaults to ``0``.
-        n_anomalies (int): Known anomalies moved from test to training. Defaults to ``10``.
-        setting (Literal["multi_class", "one_class"]): See :class:`FewAnomalyMVTecAD`. Defaults to ``"multi_class"``.
-        seen_defect_type (str | None): One-class seen defect type. Defaults to ``None``.
-        pseudo_anomalies (int | float): Pseudo anomalies per epoch (count or ratio). Defaults to ``5.0``.
-        pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): See :class:`FewAnomalyMVTecAD`.
-            Defaults to ``"rpag"``.
-        repeat_anomalies (int): Times each known anomaly appears per epoch; ``0`` keeps the known anomalies out of the
-            training batches (they still leave the test set and still feed RPAG), e.g. to train on SmoothBlend pseudo
-            anomalies alone on the same split. Defaults to ``5``.
-        train_anomalies (bool | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
-        paste_in_foreground (bool | None): ``None``: no. Defaults to ``None``.
-        manifest_path (Path | str | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
-        replay_manifest (Path | str | None): See :class:`FewAnomalyMVTecAD`. Defaults to ``None``.
-        verify_images (bool): Decode every image at setup. Defaults to ``True``.
+    Takes anomalib's ``Folder`` arguments (``name``, ``normal_dir``, ``root``, ``abnormal_dir``, ``normal_test_dir``,
+    ``mask_dir``, batch sizes, augmentations, split modes) and the few-anomaly options of
+    :meth:`FewAnomalyDataModule.__init__`. ``abnormal_dir`` and ``mask_dir`` are required; ``root=None`` makes the
+    common parent of all dirs the root that manifest paths are relative to. ``paste_in_foreground=None`` pastes
+    anywhere.
     """
 
     dataset_key: ClassVar[str] = "Folder"
 
-    def __init__(
-        self,
-        name: str,
-        normal_dir: str | Path | Sequence[str | Path],
-        root: str | Path | None = None,
-        abnormal_dir: str | Path | Sequence[str | Path] | None = None,
-        normal_test_dir: str | Path | Sequence[str | Path] | None = None,
-        mask_dir: str | Path | Sequence[str | Path] | None = None,
-        normal_split_ratio: float = 0.2,
-        extensions: tuple[str, ...] | None = None,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int = 0,
-        n_anomalies: int = 10,
-        setting: Literal["multi_class", "one_class"] = "multi_class",
-        seen_defect_type: str | None = None,
-        pseudo_anomalies: int | float = 5.0,
-        pseudo_anomaly_source: Literal["rpag", "smoothblend", "both"] = "rpag",
-        repeat_anomalies: int = 5,
-        train_anomalies: bool | None = None,
-        paste_in_foreground: bool | None = None,
-        manifest_path: Path | str | None = None,
-        replay_manifest: Path | str | None = None,
-        verify_images: bool = True,
-    ) -> None:
-        Folder.__init__(
-            self,
-            name=name,
-            normal_dir=normal_dir,
-            root=root,
-            abnormal_dir=abnormal_dir,
-            normal_test_dir=normal_test_dir,
-            mask_dir=mask_dir,
-            normal_split_ratio=normal_split_ratio,
-            extensions=tuple(extensions) if extensions is not None else None,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-        )
-        self._init_few_anomaly(
-            n_anomalies,
-            setting,
-            seen_defect_type,
-            pseudo_anomalies,
-            repeat_anomalies,
-            train_anomalies,
-            paste_in_foreground,
-            manifest_path,
-            replay_manifest,
-            verify_images,
-            pseudo_anomaly_source,
-        )
+    def __init__(self, *args: Any, extensions: tuple[str, ...] | None = None, **kwargs: Any) -> None:
+        """Few-anomaly ``Folder``; ``extensions`` takes any number of suffixes (anomalib's annotation takes one).
+
+        Args:
+            *args (Any): anomalib ``Folder`` arguments.
+            extensions (tuple[str, ...] | None): Image suffixes, e.g. ``(".png", ".jpg")``. ``None``: torchvision's
+                list. Defaults to ``None``.
+            **kwargs (Any): anomalib ``Folder`` arguments and the few-anomaly options.
+        """
+        super().__init__(*args, extensions=tuple(extensions) if extensions is not None else None, **kwargs)
 
     @staticmethod
     def _as_list(dirs: str | Path | Sequence[str | Path] | None) -> list[str | Path]:

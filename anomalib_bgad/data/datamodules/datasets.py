@@ -11,6 +11,7 @@ from anomalib.data.dataclasses import ImageItem
 from anomalib.data.datasets.image.btech import BTechDataset
 from anomalib.data.datasets.image.folder import FolderDataset
 from anomalib.data.datasets.image.mvtecad import MVTecADDataset
+from anomalib.data.datasets.image.visa import VisaDataset
 from anomalib.data.utils import LabelName
 from torchvision.tv_tensors import Mask
 
@@ -70,3 +71,7 @@ class FewAnomalyBTADDataset(RobustImageReadMixin, BTechDataset):
 
 class FewAnomalyFolderDataset(RobustImageReadMixin, FolderDataset):
     """anomalib's ``FolderDataset`` with robust image reading."""
+
+
+class FewAnomalyVisaDataset(RobustImageReadMixin, VisaDataset):
+    """anomalib's ``VisaDataset`` (processed VisA layout) with robust image reading."""

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+MANIFEST_FILENAME = "split_manifest.json"
+"""File name of the manifest a run writes into its results folder."""
 MANIFEST_FORMAT = "anomalib_bgad.split_manifest"
 MANIFEST_VERSION = 1
 
