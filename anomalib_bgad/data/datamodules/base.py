@@ -31,13 +31,14 @@ Example:
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pandas as pd
 from anomalib.data.datamodules.base.image import AnomalibDataModule
-from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName
 from torch.utils.data import DataLoader
 
 from anomalib_bgad.data.datamodules import validation
@@ -51,40 +52,21 @@ from anomalib_bgad.data.datamodules.options import (
 )
 from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
-from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, relative_path
+from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
+from anomalib_bgad.data.split.replay import changed_split_args, replayed_arguments
 from anomalib_bgad.data.split.selection import Selection, Setting, select_known_anomalies
 
 logger = logging.getLogger(__name__)
 
-# Arguments that define the split: a replay must not change them.
-_SPLIT_ARGS = (
-    "category",
+_CHECKED_OPTIONS = (
+    "n_anomalies",
     "setting",
     "seed",
-    "n_anomalies",
-    "seen_defect_type",
-    "test_split_mode",
-    "test_split_ratio",
-    "val_split_mode",
-    "val_split_ratio",
-    "name",
-    "normal_dir",
-    "abnormal_dir",
-    "normal_test_dir",
-    "mask_dir",
-    "extensions",
+    "pseudo_anomaly_source",
+    "pseudo_anomaly_ratio",
+    "pseudo_anomaly_count",
+    "repeat_anomalies",
 )
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy of an init argument value."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, TestSplitMode | ValSplitMode):
-        return value.value
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
 
 
 def _package_version() -> str:
@@ -184,31 +166,32 @@ class FewAnomalyDataModule(AnomalibDataModule):
             ValueError: On an invalid option or combination of options.
             FileNotFoundError: If the dataset root (or category) does not exist; nothing is created.
         """
-        workers = default_num_workers() if num_workers is None else num_workers
-        super().__init__(*args, seed=seed, num_workers=workers, **kwargs)
         pseudo_anomaly_ratio, pseudo_anomaly_count, train_on_anomalies = resolve_renamed(
             pseudo_anomalies, train_anomalies, pseudo_anomaly_ratio, pseudo_anomaly_count, train_on_anomalies
         )
-        setting = setting.value if isinstance(setting, Setting) else setting
-        check_options(
-            n_anomalies=n_anomalies,
-            setting=setting,
-            seed=seed,
-            pseudo_anomaly_source=pseudo_anomaly_source,
-            pseudo_anomaly_ratio=pseudo_anomaly_ratio,
-            pseudo_anomaly_count=pseudo_anomaly_count,
-            repeat_anomalies=repeat_anomalies,
-            num_workers=workers,
-        )
-        self.n_anomalies = n_anomalies
-        self.setting = setting
-        self.seen_defect_type = seen_defect_type
-        self.pseudo_anomaly_source = pseudo_anomaly_source
-        self.pseudo_anomaly_ratio = float(pseudo_anomaly_ratio)
-        self.pseudo_anomaly_count = pseudo_anomaly_count
-        self.repeat_anomalies = repeat_anomalies
-        self.train_on_anomalies = train_on_anomalies
-        self.paste_in_foreground = paste_in_foreground
+        options = {
+            "n_anomalies": n_anomalies,
+            "setting": setting.value if isinstance(setting, Setting) else setting,
+            "seen_defect_type": seen_defect_type,
+            "seed": seed,
+            "pseudo_anomaly_source": pseudo_anomaly_source,
+            "pseudo_anomaly_ratio": pseudo_anomaly_ratio,
+            "pseudo_anomaly_count": pseudo_anomaly_count,
+            "repeat_anomalies": repeat_anomalies,
+            "train_on_anomalies": train_on_anomalies,
+            "paste_in_foreground": paste_in_foreground,
+        }
+        self._replay: SplitManifest | None = None
+        if replay_manifest is not None:
+            self._replay = SplitManifest.read(replay_manifest)
+            options, kwargs = self._replayed(self._replay, replay_manifest, options, args, kwargs)
+            args = ()
+        workers = default_num_workers() if num_workers is None else num_workers
+        super().__init__(*args, seed=options["seed"], num_workers=workers, **kwargs)
+        check_options(**{key: options[key] for key in _CHECKED_OPTIONS}, num_workers=workers)
+        for key, value in options.items():
+            setattr(self, key, value)
+        self.pseudo_anomaly_ratio = float(self.pseudo_anomaly_ratio)
         self.manifest_path = Path(manifest_path) if manifest_path is not None else None
         self.replay_manifest = Path(replay_manifest) if replay_manifest is not None else None
         self.verify_images = verify_images
@@ -216,8 +199,42 @@ class FewAnomalyDataModule(AnomalibDataModule):
         self.selection: Selection | None = None
         self._known_anomalies: pd.DataFrame | None = None
         self._defect_counts: dict[str, int] = {}
-        self._replay: SplitManifest | None = SplitManifest.read(self.replay_manifest) if self.replay_manifest else None
+        self._setup_stage: str | None = None
         self._check_location()
+
+    def _replayed(
+        self,
+        manifest: SplitManifest,
+        path: Path | str,
+        options: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The few-anomaly options and anomalib arguments, with the values the manifest fixes taken in.
+
+        See :mod:`anomalib_bgad.data.split.replay` for the rule.
+        """
+        written_by = _qualified_name(type(self))
+        if manifest.datamodule != written_by:
+            msg = (
+                f"replay_manifest '{path}' was written by {manifest.datamodule}, not by {written_by}. Use that "
+                f"datamodule (CLI: --data {manifest.datamodule}), or FewAnomalyDataModule.from_manifest(path)."
+            )
+            raise ValueError(msg)
+        parent = inspect.signature(super().__init__).parameters
+        anomalib_args = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        own = inspect.signature(FewAnomalyDataModule.__init__).parameters
+        # A required argument has no default; None stands for "not given" (e.g. FewAnomalyFolder's name).
+        defaults = {
+            name: None if param.default is inspect.Parameter.empty else param.default
+            for name, param in {**parent, **own}.items()
+            if param.kind in {param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY}
+        }
+        given = {**{name: defaults[name] for name in parent if name in defaults}, **anomalib_args, **options}
+        recorded = {**upgrade_init_args(manifest.init_args), "root": manifest.root}
+        merged = replayed_arguments(given, defaults, recorded, path)
+        passed = {name: merged[name] for name in parent if name in merged and name not in {"seed", "num_workers"}}
+        return {key: merged[key] for key in options}, passed
 
     # ----------------------------------------------------------------------------------------------------------
     # Format-specific hooks
@@ -273,8 +290,9 @@ class FewAnomalyDataModule(AnomalibDataModule):
         """Check that the dataset exists. Unlike anomalib's datamodules, nothing is downloaded or created."""
         self._check_location()
 
-    def _setup(self, _stage: str | None = None) -> None:
+    def _setup(self, stage: str | None = None) -> None:
         """Parse with anomalib, validate every file, choose the known anomalies and hold them out of test."""
+        self._setup_stage = str(getattr(stage, "value", stage)) if stage is not None else None
         self._check_location()
         self._check_layout()
         self.train_data, self.test_data = self._parse()
@@ -338,25 +356,6 @@ class FewAnomalyDataModule(AnomalibDataModule):
         )
 
     def _replayed_selection(self, manifest: SplitManifest, anomalous: set[str]) -> Selection:
-        expected = {
-            "datamodule": _qualified_name(type(self)),
-            "dataset": self.dataset_key,
-            "category": self.selection_category,
-            "setting": self.setting,
-            "seed": self.seed,
-            "n_anomalies": self.n_anomalies,
-        }
-        differences = [
-            f"{key}: manifest {getattr(manifest, key)!r}, datamodule {value!r}"
-            for key, value in expected.items()
-            if getattr(manifest, key) != value
-        ]
-        if differences:
-            msg = (
-                f"replay_manifest '{self.replay_manifest}' was written for another split ({'; '.join(differences)}). "
-                "Build the datamodule with FewAnomaly*.from_manifest(path) to take every split argument from it."
-            )
-            raise ValueError(msg)
         train = [entry["image"] for entry in manifest.train_anomalies]
         missing = sorted(set(train + manifest.removed_from_test) - anomalous)
         if missing:
@@ -390,9 +389,38 @@ class FewAnomalyDataModule(AnomalibDataModule):
         self.manifest = self._build_manifest()
         if self._replay is not None:
             self._check_replay(self._replay, self.manifest)
-        target = self._manifest_target()
-        if target is not None:
+        self._record_manifest()
+
+    def _record_manifest(self) -> None:
+        """Write the manifest to ``manifest_path``, or into the run's folder (``trainer.default_root_dir``).
+
+        In the run's folder, a manifest already there is only replaced by a training run: ``anomalib test`` and
+        ``predict`` work in the training run's folder (anomalib's ``latest``), whose manifest records the split
+        the model was trained on. If this split differs from it, a warning says so.
+        """
+        if self.manifest_path is not None:
+            self.write_manifest(self.manifest_path)
+            return
+        trainer = getattr(self, "trainer", None)
+        root_dir = getattr(trainer, "default_root_dir", None) if trainer is not None else None
+        if not root_dir:
+            return
+        target = Path(root_dir) / MANIFEST_FILENAME
+        if self._setup_stage in {None, "fit"} or not target.is_file():
             self.write_manifest(target)
+            return
+        recorded, mine = SplitManifest.read(target), self.manifest
+        if (recorded.train_anomalies, recorded.test_images) != (mine.train_anomalies, mine.test_images):
+            logger.warning(
+                "This %s split differs from the one the model was trained on (%s): %d vs %d test images, other "
+                "known anomalies or test files. Replay the training split with replay_manifest (CLI: "
+                "--data.replay_manifest %s).",
+                self._setup_stage,
+                target,
+                len(self.manifest.test_images),
+                len(recorded.test_images),
+                target,
+            )
 
     # ----------------------------------------------------------------------------------------------------------
     # Manifest
@@ -415,7 +443,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             "val_split_mode": self.val_split_mode,
             "val_split_ratio": self.val_split_ratio,
         }
-        return {key: _plain(value) for key, value in args.items()}
+        return {key: json_value(value) for key, value in args.items()}
 
     def _build_manifest(self) -> SplitManifest:
         root = self.dataset_root
@@ -465,13 +493,6 @@ class FewAnomalyDataModule(AnomalibDataModule):
                 )
                 raise ValueError(msg)
 
-    def _manifest_target(self) -> Path | None:
-        if self.manifest_path is not None:
-            return self.manifest_path
-        trainer = getattr(self, "trainer", None)
-        root_dir = getattr(trainer, "default_root_dir", None) if trainer is not None else None
-        return Path(root_dir) / MANIFEST_FILENAME if root_dir else None
-
     def write_manifest(self, path: str | Path) -> Path:
         """Write the split manifest of this datamodule (after ``setup``).
 
@@ -517,19 +538,14 @@ class FewAnomalyDataModule(AnomalibDataModule):
         if not (isinstance(target, type) and issubclass(target, cls)):
             msg = f"Manifest '{path}' was written by {manifest.datamodule}, not by a {cls.__name__}."
             raise ValueError(msg)
-        changed = [
-            key
-            for key, value in overrides.items()
-            if key in _SPLIT_ARGS and key in manifest.init_args and _plain(value) != manifest.init_args[key]
-        ]
+        changed = changed_split_args(overrides, upgrade_init_args(manifest.init_args))
         if changed:
             msg = (
                 f"Cannot override {', '.join(changed)} when replaying '{path}': the manifest fixes the split. "
                 "Build a new datamodule without from_manifest to make another split."
             )
             raise ValueError(msg)
-        args = {**upgrade_init_args(manifest.init_args), "root": manifest.root, **overrides, "replay_manifest": path}
-        return target(**args)
+        return target(**overrides, replay_manifest=path)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training data

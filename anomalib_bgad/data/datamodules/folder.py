@@ -34,16 +34,35 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
 
     dataset_key: ClassVar[str] = "Folder"
 
-    def __init__(self, *args: Any, extensions: tuple[str, ...] | None = None, **kwargs: Any) -> None:
-        """Few-anomaly ``Folder``; ``extensions`` takes any number of suffixes (anomalib's annotation takes one).
+    def __init__(
+        self,
+        name: str | None = None,
+        normal_dir: str | Path | Sequence[str | Path] | None = None,
+        *,
+        extensions: tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Few-anomaly ``Folder``.
 
         Args:
-            *args (Any): anomalib ``Folder`` arguments.
-            extensions (tuple[str, ...] | None): Image suffixes, e.g. ``(".png", ".jpg")``. ``None``: torchvision's
-                list. Defaults to ``None``.
+            name (str | None): Dataset name (results folder, selection seed). Required unless ``replay_manifest``
+                gives it. Defaults to ``None``.
+            normal_dir (str | Path | Sequence[str | Path] | None): Normal training images. Required unless
+                ``replay_manifest`` gives it. Defaults to ``None``.
+            extensions (tuple[str, ...] | None): Image suffixes, e.g. ``(".png", ".jpg")`` (anomalib's annotation
+                takes one). ``None``: torchvision's list. Defaults to ``None``.
             **kwargs (Any): anomalib ``Folder`` arguments and the few-anomaly options.
+
+        Raises:
+            ValueError: If ``name`` or ``normal_dir`` is missing and no ``replay_manifest`` gives it.
         """
-        super().__init__(*args, extensions=tuple(extensions) if extensions is not None else None, **kwargs)
+        if kwargs.get("replay_manifest") is None:
+            for arg, value in (("name", name), ("normal_dir", normal_dir)):
+                if value is None:
+                    msg = f"{type(self).__name__} needs {arg} (CLI: --data.{arg}), or a replay_manifest that has it."
+                    raise ValueError(msg)
+        extensions = tuple(extensions) if extensions is not None else None
+        super().__init__(name=name, normal_dir=normal_dir, extensions=extensions, **kwargs)
 
     @staticmethod
     def _as_list(dirs: str | Path | Sequence[str | Path] | None) -> list[str | Path]:

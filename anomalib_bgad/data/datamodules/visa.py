@@ -63,7 +63,7 @@ class FewAnomalyVisa(FewAnomalyDataModule, Visa):
         Args:
             *args (Any): anomalib ``Visa`` arguments.
             cache_dir (Path | str | None): Where the processed copy of a raw VisA tree is made (outside ``root``).
-                ``None``: :func:`~anomalib_bgad.data.datamodules.visa_cache.default_cache_dir`. Defaults to ``None``.
+                ``None``: the replayed manifest's, else :func:`.visa_cache.default_cache_dir`. Defaults to ``None``.
             **kwargs (Any): anomalib ``Visa`` arguments and the few-anomaly options.
 
         Raises:
@@ -73,6 +73,9 @@ class FewAnomalyVisa(FewAnomalyDataModule, Visa):
             raise ValueError(ONE_CLASS_MESSAGE)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         super().__init__(*args, **kwargs)
+        recorded = self._replay.init_args.get("cache_dir") if self._replay is not None else None
+        if cache_dir is None and recorded is not None:
+            self.cache_dir = Path(recorded)
 
     @property
     def cache(self) -> VisaCache:

@@ -15,6 +15,7 @@ Example:
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,24 @@ MANIFEST_FILENAME = "split_manifest.json"
 """File name of the manifest a run writes into its results folder."""
 MANIFEST_FORMAT = "anomalib_bgad.split_manifest"
 MANIFEST_VERSION = 1
+
+
+def json_value(value: Any) -> Any:
+    """JSON-friendly copy of a datamodule argument as the manifest records it (paths and enums as strings).
+
+    Args:
+        value (Any): Argument value.
+
+    Returns:
+        Any: ``str`` for paths, the value of an enum, lists for tuples, else ``value``.
+    """
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [json_value(item) for item in value]
+    return value
 
 
 def relative_path(path: str | Path, root: str | Path) -> str:
