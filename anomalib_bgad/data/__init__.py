@@ -4,7 +4,7 @@ reproducible splits, on MVTec AD, BTAD, VisA and plain folders.
 * :mod:`.datamodules`: the datamodules and their options;
 * :mod:`.pseudo_anomalies`: RPAG and SmoothBlend, and the training set that adds them every epoch;
 * :mod:`.split`: the choice of the known anomalies and the split manifest;
-* :mod:`.image_io`: the one image and mask reader.
+* :mod:`.image_io`: the one image and mask reader; :mod:`.predict`: prediction on files read by it.
 
 Example:
     >>> from anomalib_bgad.data import FewAnomalyMVTecAD
@@ -19,6 +19,8 @@ from anomalib_bgad.data.datamodules import (
     FewAnomalyVisa,
 )
 from anomalib_bgad.data.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
+from anomalib_bgad.data.image_io import MASK_RULE, ImageReadError, read_image, read_mask
+from anomalib_bgad.data.predict import PredictDataset, ProjectReaderCallback, use_project_reader
 from anomalib_bgad.data.preview import preview_pseudo_anomalies
 from anomalib_bgad.data.pseudo_anomalies import (
     AUGMENTATIONS,
@@ -41,12 +43,16 @@ __all__ = [
     "AUGMENTATIONS",
     "EMBEDDED_CATEGORIES",
     "MANIFEST_FILENAME",
+    "MASK_RULE",
     "PSEUDO_ANOMALY_SOURCES",
     "FewAnomalyBTAD",
     "FewAnomalyDataModule",
     "FewAnomalyFolder",
     "FewAnomalyMVTecAD",
     "FewAnomalyVisa",
+    "ImageReadError",
+    "PredictDataset",
+    "ProjectReaderCallback",
     "Selection",
     "Setting",
     "SplitManifest",
@@ -55,7 +61,10 @@ __all__ = [
     "generate_pseudo_anomaly",
     "generate_smoothblend",
     "preview_pseudo_anomalies",
+    "read_image",
+    "read_mask",
     "select_known_anomalies",
     "smoothblend_sample",
     "stable_hash",
+    "use_project_reader",
 ]

@@ -118,6 +118,14 @@ def test_test_and_predict_replay_the_training_split_from_its_manifest(tmp_path: 
     images = {path.name for path in (tmp_path / "predicted").rglob("*.png")}
     assert {Path(path).name for path in trained.test_images} <= images, predicted.stdout[-2000:]
 
+    # The documented prediction entry point: files read by the project's reader, through anomalib's CLI.
+    image = root / trained.test_images[0]
+    run_anomalib(
+        "predict", *model, "--data", "anomalib_bgad.data.PredictDataset", "--data.path", str(image),
+        "--default_root_dir", str(tmp_path / "files"), cwd=tmp_path,
+    )  # fmt: skip
+    assert image.name in {path.name for path in (tmp_path / "files").rglob("*.png")}
+
     # An explicit value that contradicts the manifest is refused before anything runs.
     refused = run_anomalib(
         "test", *model, *replay, "--data.n_anomalies", "5", "--default_root_dir", str(tmp_path / "refused"),

@@ -50,6 +50,7 @@ from anomalib_bgad.data.datamodules.options import (
     resolve_renamed,
     upgrade_init_args,
 )
+from anomalib_bgad.data.image_io import MASK_RULE
 from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
 from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
@@ -309,12 +310,15 @@ class FewAnomalyDataModule(AnomalibDataModule):
         if not (train.label_index == LabelName.NORMAL).any():
             msg = f"No normal training images found for {self.name} under '{self.dataset_root}'."
             raise ValueError(msg)
+        anomalous_masks = dict(zip(test[anomalous].image_path.astype(str), masks, strict=True))
         validation.check_files(
-            [*train.image_path.astype(str), *test.image_path.astype(str)],
-            dict(zip(test[anomalous].image_path.astype(str), masks, strict=True)),
-            decode=self.verify_images,
+            [*train.image_path.astype(str), *test.image_path.astype(str)], anomalous_masks, decode=self.verify_images
         )
         self._select(test)
+        # Masks checked for content: every known anomaly's (RPAG's sources too); the test masks with verify_images.
+        known = self._known_anomalies
+        known_masks = dict(zip(known.image_path.astype(str), known.mask_path.astype(str), strict=True))
+        validation.check_mask_content(known_masks, anomalous_masks if self.verify_images else None)
 
     def _select(self, test: pd.DataFrame) -> None:
         root = self.dataset_root
@@ -477,10 +481,19 @@ class FewAnomalyDataModule(AnomalibDataModule):
             test_images=sorted(relative_path(path, root) for path in self.test_data.samples.image_path),
             init_args=self._init_args(),
             pseudo_anomaly_source=self.pseudo_anomaly_source,
+            mask_rule=MASK_RULE,
             package_version=_package_version(),
         )
 
     def _check_replay(self, replay: SplitManifest, manifest: SplitManifest) -> None:
+        if replay.mask_rule != manifest.mask_rule:
+            logger.warning(
+                "Replaying '%s', written when masks were read as '%s'; they are now read as '%s': the known "
+                "anomalies' defect pixels may differ from that run's.",
+                self.replay_manifest,
+                replay.mask_rule,
+                manifest.mask_rule,
+            )
         for key in ("train_anomalies", "removed_from_test", "train_images", "test_images"):
             expected, actual = getattr(replay, key), getattr(manifest, key)
             if expected != actual:

@@ -1,7 +1,8 @@
 """anomalib datasets whose items are read with :mod:`anomalib_bgad.data.image_io`.
 
-The parsing (the ``samples`` DataFrame) is anomalib's own; only ``__getitem__`` changes, so that
-16-bit grayscale PNGs are rescaled instead of clipped (see :mod:`anomalib_bgad.data.image_io`).
+The parsing (the ``samples`` DataFrame) is anomalib's own; only ``__getitem__`` changes, so that images and
+masks are read by the project's one reader (16-bit files rescaled instead of clipped, masks by one rule; see
+:mod:`anomalib_bgad.data.image_io`).
 Items are anomalib ``ImageItem`` objects, batched by anomalib's default collate.
 """
 

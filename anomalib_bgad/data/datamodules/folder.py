@@ -21,7 +21,8 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
 
     The defect type of an anomalous image is the name of its ``abnormal_dir`` (or, for images in
     sub-folders of an abnormal dir, the first sub-folder's name). Its mask is the file of the same stem
-    (optionally with ``_mask``) at the same relative place in ``mask_dir`` — or in ``mask_dir/<defect type>``;
+    (optionally with ``_mask``), in any mask format (PNG, BMP, TIFF, JPEG, ... whatever ``extensions`` says about
+    the images), at the same relative place in ``mask_dir`` — or in ``mask_dir/<abnormal dir name>``;
     with one mask dir per abnormal dir, ``mask_dir[i]`` holds the masks of ``abnormal_dir[i]``. (anomalib
     itself pairs images and masks by sorted position; pairing by name is safer.)
 
@@ -134,17 +135,19 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
         }
         return FewAnomalyFolderDataset(split=Split.TRAIN, **args), FewAnomalyFolderDataset(split=Split.TEST, **args)
 
-    def _mask_index(self, mask_dir: Path) -> dict[tuple[str, str], Path]:
-        index: dict[tuple[str, str], Path] = {}
-        for mask in validation.list_images(mask_dir, self._extensions, recursive=True):
-            relative = mask.relative_to(mask_dir)
-            stem = mask.stem.removesuffix("_mask")
-            index.setdefault((relative.parent.as_posix(), stem), mask)
+    @staticmethod
+    def _mask_index(mask_dir: Path) -> dict[tuple[str, str], list[Path]]:
+        """Masks of a mask dir by (sub-folder, stem without ``_mask``), in every mask format whatever ``extensions``."""
+        index: dict[tuple[str, str], list[Path]] = {}
+        for mask in validation.list_images(mask_dir, validation.MASK_EXTENSIONS, recursive=True):
+            key = (mask.relative_to(mask_dir).parent.as_posix(), mask.stem.removesuffix("_mask"))
+            index.setdefault(key, []).append(mask)
         return index
 
     def _defect_types_and_masks(self, anomalous: pd.DataFrame) -> tuple[list[str], list[str]]:
         abnormal_dirs, mask_dirs = self._dirs(self.abnormal_dir), self._dirs(self.mask_dir)
         indexes = [self._mask_index(folder) for folder in mask_dirs]
+        one_per_dir = len(mask_dirs) == len(abnormal_dirs)
         defect_types, masks = [], []
         for image_path in anomalous.image_path:
             image = Path(image_path).resolve()
@@ -152,18 +155,23 @@ class FewAnomalyFolder(FewAnomalyDataModule, Folder):
             folder = abnormal_dirs[position]
             relative = image.relative_to(folder)
             defect_types.append(relative.parts[0] if len(relative.parts) > 1 else folder.name)
-            parent = relative.parent.as_posix()
-            keys = [(parent, image.stem), ((Path(folder.name) / relative.parent).as_posix(), image.stem)]
-            searched = [indexes[position]] if len(mask_dirs) == len(abnormal_dirs) else indexes
-            found = next((index[key] for index in searched for key in keys if key in index), None)
-            if found is None:
-                expected = [
-                    mask_dirs[i] / relative.parent / f"{image.stem}{image.suffix}"
-                    for i in range(len(mask_dirs))
-                    if indexes[i] in searched
-                ]
-                raise validation.missing_mask_error(image, expected)
-            masks.append(str(found))
+            # Same relative place in the mask dir, or under a sub-folder named after the abnormal dir.
+            places = [
+                (mask_dirs[i], sub)
+                for i in ([position] if one_per_dir else range(len(mask_dirs)))
+                for sub in (relative.parent, Path(folder.name) / relative.parent)
+            ]
+            found = [
+                indexes[mask_dirs.index(mask_dir)].get((sub.as_posix(), image.stem), []) for mask_dir, sub in places
+            ]
+            candidates = next((matches for matches in found if matches), None)
+            if candidates is None:
+                raise validation.unmatched_mask_error(image, [mask_dir / sub for mask_dir, sub in places])
+            if len(candidates) > 1:
+                listing = ", ".join(f"'{path}'" for path in candidates)
+                msg = f"Anomalous image '{image}' has {len(candidates)} masks ({listing}): keep one of them."
+                raise ValueError(msg)
+            masks.append(str(candidates[0]))
         return defect_types, masks
 
     def _dataset_args(self) -> dict[str, Any]:

@@ -7,20 +7,28 @@ Example:
     []
 """
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
-from anomalib_bgad.data.image_io import image_size
+from anomalib_bgad.data.image_io import MASK_RULE, ImageReadError, image_size, read_mask
 
 MVTEC_EXTENSIONS = (".png", ".PNG")
 BTAD_EXTENSIONS = (".bmp", ".png")
 FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".gif", ".pgm", ".pbm", ".ppm", ".pnm")
+"""Mask formats FewAnomalyFolder matches by stem (any case), whatever the images' ``extensions``."""
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+MAX_PLAUSIBLE_SHARE = 0.5
+"""A mask marking more of its image than this as defect is reported (inverted mask, white background)."""
+
+logger = logging.getLogger(__name__)
 
 
 def list_images(folder: Path, extensions: Sequence[str], recursive: bool = False) -> list[Path]:
@@ -145,6 +153,25 @@ def missing_mask_error(image: Path, expected: Iterable[Path]) -> FileNotFoundErr
     return FileNotFoundError(msg)
 
 
+def unmatched_mask_error(image: Path, folders: Sequence[Path]) -> FileNotFoundError:
+    """Error for an anomalous image of a Folder dataset whose mask is not found by name.
+
+    Args:
+        image (Path): The anomalous image.
+        folders (Sequence[Path]): Every folder its mask was looked for in.
+
+    Returns:
+        FileNotFoundError: The error to raise; it lists the folders, the names and the extensions tried.
+    """
+    places = ", ".join(f"'{folder}'" for folder in dict.fromkeys(folders))
+    msg = (
+        f"Mask missing for anomalous image '{image}': looked in {places} for '{image.stem}' or "
+        f"'{image.stem}_mask' with any of {', '.join(MASK_EXTENSIONS)} (any case; the images' extensions do not "
+        "apply to masks). Every anomalous image needs a ground-truth mask of the same size; add it or remove the image."
+    )
+    return FileNotFoundError(msg)
+
+
 def orphan_mask_error(mask: Path, image_folder: Path) -> ValueError:
     """Error for a mask without anomalous image (anomalib pairs masks by position, so it would shift them).
 
@@ -165,6 +192,8 @@ def orphan_mask_error(mask: Path, image_folder: Path) -> ValueError:
 def _size(path: str, decode: bool) -> tuple[str, tuple[int, int] | None, str | None]:
     try:
         return path, image_size(path, decode=decode), None
+    except ImageReadError:
+        raise  # decodes, but its values have no reading: the message names the file and the fix
     except _DECODE_ERRORS as error:
         return path, None, f"{type(error).__name__}: {error}"
 
@@ -214,3 +243,61 @@ def check_files(
                 "A mask must have the size of its image: fix or re-export the mask."
             )
             raise ValueError(msg)
+
+
+def mask_share(path: str | Path) -> float:
+    """Share of a mask's pixels that are defect under the mask rule.
+
+    Args:
+        path (str | Path): Mask file.
+
+    Returns:
+        float: Defect pixels / all pixels, in ``[0, 1]``.
+    """
+    return float(read_mask(path).float().mean())
+
+
+def check_mask_content(known: Mapping[str, str], others: Mapping[str, str] | None = None, workers: int = 4) -> None:
+    """Check what masks cover: every known anomaly's mask must mark a defect; implausible shares are reported.
+
+    Args:
+        known (Mapping[str, str]): Known anomaly image -> its mask (an empty one is an error: training would
+            paste nothing from it, or learn it as normal).
+        others (Mapping[str, str] | None): Other anomalous image -> mask (test images; an empty one is a warning:
+            pixel metrics count the image as defect-free). Defaults to ``None``.
+        workers (int): Reading threads. Defaults to ``4``.
+
+    Raises:
+        ValueError: If a known anomaly's mask is empty; the message lists every such file.
+    """
+    others = dict(others or {})
+    masks = {**others, **known}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        shares = dict(zip(masks, pool.map(mask_share, masks.values()), strict=True))
+    empty_known = [image for image in known if shares[image] == 0.0]
+    if empty_known:
+        listing = ", ".join(f"'{known[image]}' (of '{image}')" for image in empty_known[:5])
+        more = f" and {len(empty_known) - 5} more" if len(empty_known) > 5 else ""
+        msg = (
+            f"{len(empty_known)} known anomaly mask(s) mark no defect pixel: {listing}{more}. Mask rule: {MASK_RULE}. "
+            "Draw the defect in the mask (non-zero, or opaque over a transparent background), or remove the image "
+            "from the anomalous images."
+        )
+        raise ValueError(msg)
+    for image, share in shares.items():
+        if share == 0.0:
+            logger.warning(
+                "Mask '%s' of anomalous test image '%s' marks no defect pixel (mask rule: %s): pixel metrics count "
+                "the image as defect-free.",
+                masks[image],
+                image,
+                MASK_RULE,
+            )
+        elif share > MAX_PLAUSIBLE_SHARE:
+            logger.warning(
+                "Mask '%s' marks %.0f%% of its image as defect: an inverted mask (white background) or a coloured "
+                "background? Mask rule: %s.",
+                masks[image],
+                100 * share,
+                MASK_RULE,
+            )

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
-from anomalib_bgad.data.image_io import read_image, read_mask
+from anomalib_bgad.data.image_io import MASK_RULE, read_image, read_mask
 from anomalib_bgad.data.pseudo_anomalies.foreground import compute_foreground
 from anomalib_bgad.data.pseudo_anomalies.rpag import generate_pseudo_anomaly
 from anomalib_bgad.data.pseudo_anomalies.smoothblend import generate_smoothblend
@@ -59,6 +59,9 @@ class FewAnomalyTrainSet(Dataset):
         num_rpag (int): RPAG pseudo anomalies per epoch (0 without known anomalies or normal images).
         num_smoothblend (int): SmoothBlend pseudo anomalies per epoch (0 without normal images).
         num_pseudo (int): All pseudo anomalies per epoch, ``num_rpag + num_smoothblend``.
+
+    Raises:
+        ValueError: If ``num_rpag > 0`` and a known anomaly's mask marks no defect pixel (names the file).
     """
 
     def __init__(
@@ -78,11 +81,25 @@ class FewAnomalyTrainSet(Dataset):
             num_rpag = 0  # nothing to paste, or nothing to paste on
         if len(self.normal_rows) == 0:
             num_smoothblend = 0  # nothing to blend
+        if num_rpag > 0:
+            self._check_rpag_sources()
         self.num_rpag = num_rpag
         self.num_smoothblend = num_smoothblend
         self.num_pseudo = num_rpag + num_smoothblend
         self.seed = seed
         self.paste_in_foreground = paste_in_foreground
+
+    def _check_rpag_sources(self) -> None:
+        """Every known anomaly RPAG may paste has a defect in its mask (the datamodule checks this at setup too)."""
+        samples = self.base.samples
+        for row in self.anomaly_rows:
+            image, mask = samples.image_path.iloc[row], samples.mask_path.iloc[row]
+            if not read_mask(mask).any():
+                msg = (
+                    f"The mask '{mask}' of known anomaly '{image}' marks no defect pixel: RPAG would have nothing to "
+                    f"paste. Mask rule: {MASK_RULE}. Fix the mask or remove the image."
+                )
+                raise ValueError(msg)
 
     def __len__(self) -> int:
         """Number of distinct indices: base samples then pseudo anomalies."""
