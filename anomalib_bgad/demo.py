@@ -1,7 +1,7 @@
 """The main job: train and test BGAD on the embedded offline dataset, print metrics, write result images.
 
 For every category of the embedded dataset (real CC0 texture photographs with synthetic defects,
-see :mod:`anomalib_bgad.data.embedded`), 10 labeled anomalies are moved from the test split into
+see :mod:`anomalib_bgad.embedded`), 10 labeled anomalies are moved from the test split into
 training (multi-class setting, seeded), BGAD is trained through anomalib's ``Engine`` and tested on
 the remaining test images. anomalib's visualizer writes the anomaly-map images; a metrics table is
 printed and written as ``metrics.md``/``metrics.json`` in the output folder.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anomalib_bgad.data.selection import stable_hash
+from anomalib_bgad.data.split.selection import stable_hash
 from anomalib_bgad.embedded.defects import DEFECTS, EMBEDDED_DEFECT_TYPES, blend_alpha
 from anomalib_bgad.embedded.sources import (
     EMBEDDED_CATEGORIES,
