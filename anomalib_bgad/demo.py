@@ -95,7 +95,7 @@ def train_and_test(
         category=category,
         n_anomalies=DEMO_N_ANOMALIES,
         repeat_anomalies=DEMO_REPEAT_ANOMALIES,
-        pseudo_anomalies=DEMO_PSEUDO_ANOMALIES,
+        pseudo_anomaly_ratio=DEMO_PSEUDO_ANOMALIES,
         seed=seed,
         train_batch_size=DEMO_BATCH_SIZE,
         eval_batch_size=DEMO_BATCH_SIZE,

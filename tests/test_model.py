@@ -158,7 +158,7 @@ def test_phase_switch_and_boundary_checkpoint_round_trip(
         root=tiny_mvtec_root,
         category="brick",
         n_anomalies=2,
-        pseudo_anomalies=0,
+        pseudo_anomaly_count=0,
         train_batch_size=4,
         eval_batch_size=4,
         num_workers=0,

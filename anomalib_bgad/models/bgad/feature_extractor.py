@@ -15,9 +15,7 @@ from torch import nn
 from anomalib_bgad.backbones import backbone_normalization, create_feature_extractor
 
 from .flow import is_tracing
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .pre_processor import IMAGENET_MEAN, IMAGENET_STD
 
 
 class FrozenFeatureExtractor(nn.Module):

@@ -78,6 +78,29 @@ def position_groups(grid_size: tuple[int, int], num_groups: int, generator: torc
     return list(order.tensor_split(num_groups))
 
 
+def batch_position_groups(
+    grids: list[tuple[int, int]],
+    num_groups: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> list[list[torch.Tensor]]:
+    """:func:`position_groups` of every level, moved to ``device`` in one copy (one host synchronisation on GPU).
+
+    Args:
+        grids (list[tuple[int, int]]): ``(H_k, W_k)`` per level.
+        num_groups (int): Groups (optimiser steps) per level.
+        generator (torch.Generator): CPU generator of the shuffles (levels drawn in order).
+        device (torch.device): Device of the features.
+
+    Returns:
+        list[list[torch.Tensor]]: Per level, ``num_groups`` position tensors on ``device``.
+    """
+    groups = [position_groups(grid, num_groups, generator) for grid in grids]
+    flat = torch.cat([group for level in groups for group in level]).to(device)
+    parts = iter(flat.split([len(group) for level in groups for group in level]))
+    return [[next(parts) for _ in level] for level in groups]
+
+
 def gather_positions(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Fibers of all images at the given positions, ``(B * P, C)`` batch-major (position-group order).
 

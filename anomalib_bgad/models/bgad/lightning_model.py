@@ -45,14 +45,24 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch.autograd.graph import increment_version
 
+from anomalib_bgad.data.predict import use_project_reader
+
 from . import checkpoint
 from .boundary import map_legacy_state
 from .boundary_plot import BoundaryHistogram
 from .distributed import all_ranks_true, max_over_ranks
 from .feature_cache import FeatureCache
-from .fibers import downsample_mask, gather_positions, position_groups, steps_per_batch
+from .fibers import batch_position_groups, downsample_mask, gather_positions, steps_per_batch
 from .loss import BgadLoss
-from .numerics import NonFiniteGuard, NonFiniteTrainingError, check_finite_scores, nonfinite_fibers
+from .numerics import (
+    NonFiniteFibers,
+    NonFiniteGuard,
+    NonFiniteTrainingError,
+    check_finite_scores,
+    check_finite_weights,
+    training_advice,
+)
+from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
 from .schedule import build_optimizer, build_scheduler, check_schedule
 from .torch_model import BgadModel
 
@@ -169,21 +179,13 @@ class Bgad(AnomalibModule):
         self.gradient_clip_norm = gradient_clip_norm
         self.feature_cache = FeatureCache() if cache_features else None
         self.guard = NonFiniteGuard(
-            nonfinite_patience,
-            advice=(
-                f"Likely cause: the learning rate is too high for the normalising flows (learning_rate="
-                f"{learning_rate:g}), or degenerate features (NaN/Inf or extreme values from the input images or the "
-                f"backbone '{backbone}'). Lower --model.learning_rate, set or lower --model.gradient_clip_norm (now "
-                f"{gradient_clip_norm:g}; 0 disables clipping), lower --model.clamp_alpha (now {clamp_alpha}), and "
-                "check the training images."
-            ),
+            nonfinite_patience, training_advice(learning_rate, backbone, gradient_clip_norm, clamp_alpha)
         )
+        self.nonfinite_fibers = NonFiniteFibers()
         # Epoch state outside the state dict, saved with every checkpoint (see on_save_checkpoint).
         self._epoch_sums: torch.Tensor | None = None  # see _optimizer_step
-        self._epoch_nonfinite_fibers = 0
         self._finished_epoch = -1  # last epoch whose boundary/LR update was applied
         self._warned_no_anomalies = False
-        self._warned_nonfinite_images: set[str] = set()
 
     @property
     def in_phase2(self) -> bool:
@@ -211,24 +213,10 @@ class Bgad(AnomalibModule):
         """Backbone features (cached across epochs) and which fibers are finite; non-finite ones are zeroed."""
         if images.shape[0] == 0:  # only under DDP: this rank joins the steps with a zero-weighted dummy image
             features = self.model.feature_extractor(images.new_zeros(1, *images.shape[1:]))
-            return [level * 0.0 for level in features], [
-                torch.zeros_like(level[:, 0], dtype=torch.bool) for level in features
-            ]
+            return [level * 0.0 for level in features], [torch.zeros_like(level[:, 0]).bool() for level in features]
         extract = self.model.feature_extractor
         features = self.feature_cache(images, extract) if self.feature_cache is not None else extract(images)
-        finite, bad = nonfinite_fibers(features, paths)
-        if bad:
-            self._epoch_nonfinite_fibers += int(sum((~level).sum() for level in finite))
-            if new := [name for name in bad if name not in self._warned_nonfinite_images]:
-                self._warned_nonfinite_images.update(new)
-                logger.warning(
-                    "BGAD: backbone features of %d training image(s) contain NaN/Inf; those feature positions are "
-                    "left out of training and of the boundary. Check these files (corrupt or degenerate input): %s",
-                    len(new),
-                    ", ".join(new),
-                )
-            features = [torch.where(ok.unsqueeze(1), level, 0.0) for level, ok in zip(features, finite, strict=True)]
-        return features, finite
+        return self.nonfinite_fibers(features, paths)
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
         """Train on one batch: several optimiser steps, each over one position group of every level.
@@ -260,8 +248,7 @@ class Bgad(AnomalibModule):
         anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
         finest = max(grids, key=lambda grid: grid[0] * grid[1])
         num_steps = steps_per_batch(max_over_ranks(count, device), finest, self.fiber_batch_size)
-        generator = self._fiber_generator(batch_idx)
-        groups = [[group.to(device) for group in position_groups(grid, num_steps, generator)] for grid in grids]
+        groups = batch_position_groups(grids, num_steps, self._fiber_generator(batch_idx), device)
         for step in range(num_steps):
             self._optimizer_step([level[step] for level in groups], features, normal, anomalous, grids)
         self.guard.check_batch(f"epoch {self.current_epoch}, batch {batch_idx}")
@@ -364,8 +351,7 @@ class Bgad(AnomalibModule):
         b_n = self.model.boundary.b_n.tolist()
         epoch_state.update({f"boundary_level{level}": value for level, value in enumerate(b_n)})
         epoch_state["train_nonfinite_steps"] = float(skipped)
-        epoch_state["train_nonfinite_fibers"] = float(self._epoch_nonfinite_fibers)
-        self._epoch_nonfinite_fibers = 0
+        epoch_state["train_nonfinite_fibers"] = float(self.nonfinite_fibers.reset_count())
         # Logged here (inside the last training step) so that callbacks see them in their on_train_epoch_end.
         self.log("train_loss", epoch_state.pop("train_loss"), on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
         self.log_dict(epoch_state, on_step=False, on_epoch=True, batch_size=1)
@@ -403,23 +389,12 @@ class Bgad(AnomalibModule):
             NonFiniteTrainingError: If the model's weights or boundary are non-finite.
         """
         super().on_save_checkpoint(checkpoint_dict)
-        bad = [
-            key
-            for key, value in checkpoint_dict.get("state_dict", {}).items()
-            # the model's weights and boundary; not the post-processor's statistics (inf/NaN until validation)
-            if key.startswith("model.")
-            and torch.is_tensor(value)
-            and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())
-        ]
-        if bad:
-            reason = f"refusing to write a checkpoint with non-finite values in {', '.join(bad[:5])}"
-            raise NonFiniteTrainingError(self.guard.message(reason))
+        check_finite_weights(checkpoint_dict.get("state_dict", {}), self.guard)
         checkpoint_dict["bgad_training_state"] = {
             "boundary": self.model.boundary.training_state(),
             "guard": self.guard.training_state(),
             "epoch_sums": self._epoch_sums.tolist() if self._epoch_sums is not None else None,
-            "epoch_nonfinite_fibers": self._epoch_nonfinite_fibers,
+            "epoch_nonfinite_fibers": self.nonfinite_fibers.count,
             "finished_epoch": self._finished_epoch,
             "warned_no_anomalies": self._warned_no_anomalies,
             "rng": checkpoint.rng_state(),
@@ -443,7 +418,7 @@ class Bgad(AnomalibModule):
         self.guard.load_training_state(state["guard"])
         sums = state["epoch_sums"]
         self._epoch_sums = torch.tensor(sums, device=self.device) if sums is not None else None
-        self._epoch_nonfinite_fibers = state["epoch_nonfinite_fibers"]
+        self.nonfinite_fibers.count = state["epoch_nonfinite_fibers"]
         self._finished_epoch = state["finished_epoch"]
         self._warned_no_anomalies = state["warned_no_anomalies"]
         # Resuming a fit (Trainer ckpt_path): continue the global RNG streams (e.g. a RandomSampler's shuffle)
@@ -484,6 +459,15 @@ class Bgad(AnomalibModule):
         """
         kwargs.setdefault("opset_version", 18)
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
+
+    @staticmethod
+    def configure_pre_processor(image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize (antialiased, also in the exported graph: :mod:`.pre_processor`) and ImageNet normalisation."""
+        return configure_bgad_pre_processor(image_size)
+
+    def on_predict_start(self) -> None:
+        """Read prediction images with the project's reader, as in training (16-bit, float, palette...)."""
+        use_project_reader(self.trainer)
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
         """anomalib's component callbacks plus :class:`BoundaryHistogram` (writes its PNG after ``test``)."""

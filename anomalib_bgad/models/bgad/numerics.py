@@ -7,7 +7,7 @@
   steps in a row, or more than half of an epoch's steps, stop training with :class:`NonFiniteTrainingError`,
   whose message names the likely cause and the knobs.
 - Backbone fibers with NaN/Inf (degenerate input images) are left out of the loss and the boundary, and their
-  images are named once in a warning (:func:`nonfinite_fibers`).
+  images are named once in a warning (:class:`NonFiniteFibers`).
 """
 
 from __future__ import annotations
@@ -162,21 +162,84 @@ class NonFiniteGuard:
         return int(self._skipped) if self._skipped is not None else self._restored.get("skipped", 0)
 
 
-def nonfinite_fibers(features: Sequence[torch.Tensor], paths: Sequence[str]) -> tuple[list[torch.Tensor], list[str]]:
-    """Which fibers of a batch are finite, and which images have any that are not.
+def training_advice(learning_rate: float, backbone: str, gradient_clip_norm: float, clamp_alpha: float) -> str:
+    """The likely causes of non-finite training and the knobs, as the stop rule's message ends."""
+    return (
+        f"Likely cause: the learning rate is too high for the normalising flows (learning_rate={learning_rate:g}), "
+        f"or degenerate features (NaN/Inf or extreme values from the input images or the backbone '{backbone}'). "
+        f"Lower --model.learning_rate, set or lower --model.gradient_clip_norm (now {gradient_clip_norm:g}; 0 "
+        f"disables clipping), lower --model.clamp_alpha (now {clamp_alpha}), and check the training images."
+    )
 
-    Args:
-        features (Sequence[torch.Tensor]): Per level ``(B, C_k, H_k, W_k)``.
-        paths (Sequence[str]): Image paths of the batch (may be shorter than ``B``).
 
-    Returns:
-        tuple[list[torch.Tensor], list[str]]: Per level a boolean ``(B, H_k, W_k)`` of finite fibers, and the
-        names of the images with non-finite fibers (one host synchronisation; empty when all are finite).
+class NonFiniteFibers:
+    """Drop backbone fibers with NaN/Inf from training: count them, and name each image with some once.
+
+    Attributes:
+        count (int): Non-finite fibers dropped since the last :meth:`reset_count`.
     """
-    finite = [torch.isfinite(level).all(dim=1) for level in features]
-    bad = torch.stack([~level.flatten(1).all(dim=1) for level in finite]).any(dim=0)
-    indices = bad.nonzero().flatten().tolist()
-    return finite, [paths[i] if i < len(paths) else f"<batch item {i}>" for i in indices]
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._warned: set[str] = set()
+
+    def __call__(
+        self,
+        features: Sequence[torch.Tensor],
+        paths: Sequence[str],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Zero the non-finite fibers of a batch (one host synchronisation).
+
+        Args:
+            features (Sequence[torch.Tensor]): Per level ``(B, C_k, H_k, W_k)``.
+            paths (Sequence[str]): Image paths of the batch (may be shorter than ``B``).
+
+        Returns:
+            tuple[list[torch.Tensor], list[torch.Tensor]]: The features with non-finite fibers zeroed, and per level
+            a boolean ``(B, H_k, W_k)`` of the finite fibers, which alone may count in the loss and the boundary.
+        """
+        finite = [torch.isfinite(level).all(dim=1) for level in features]
+        bad = torch.stack([~level.flatten(1).all(dim=1) for level in finite]).any(dim=0)
+        indices = bad.nonzero().flatten().tolist()
+        if not indices:
+            return list(features), finite
+        self.count += int(sum((~level).sum() for level in finite))
+        names = [paths[i] if i < len(paths) else f"<batch item {i}>" for i in indices]
+        if new := [name for name in names if name not in self._warned]:
+            self._warned.update(new)
+            logger.warning(
+                "BGAD: backbone features of %d training image(s) contain NaN/Inf; those feature positions are left "
+                "out of training and of the boundary. Check these files (corrupt or degenerate input): %s",
+                len(new),
+                ", ".join(new),
+            )
+        return [torch.where(ok.unsqueeze(1), level, 0.0) for level, ok in zip(features, finite, strict=True)], finite
+
+    def reset_count(self) -> int:
+        """Return the count and start a new one (per epoch)."""
+        count, self.count = self.count, 0
+        return count
+
+
+def check_finite_weights(state_dict: dict[str, Any], guard: NonFiniteGuard) -> None:
+    """Refuse to checkpoint a model whose weights or boundary (keys ``model.*``) hold NaN/Inf.
+
+    Raises:
+        NonFiniteTrainingError: Naming the first offending tensors.
+    """
+    bad = [
+        key
+        for key, value in state_dict.items()
+        # the model's weights and boundary; not the post-processor's statistics (inf/NaN until validation)
+        if key.startswith("model.")
+        and torch.is_tensor(value)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise NonFiniteTrainingError(
+            guard.message(f"refusing to write a checkpoint with non-finite values in {', '.join(bad[:5])}")
+        )
 
 
 def check_finite_scores(
