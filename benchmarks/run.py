@@ -8,6 +8,7 @@ Usage::
     python -m benchmarks.run --config ... --models bgad,nfad --seeds 0          # a slice of the grid
     python -m benchmarks.run --config ... --set models.bgad.max_epochs=2        # any suite key
     python -m benchmarks.run --config ... --report-only                         # tables/plots from results.csv
+    python -m benchmarks.run --config benchmarks/suites/time_to_accuracy.yaml   # accuracy after training budgets
 
 Outputs in ``benchmarks/results/<suite>/`` (``--output``): ``results.csv`` (one row per cell, failed cells
 with their error), ``results.md`` (mean ± std over seeds per category and mean, cost, computed win/loss
@@ -18,6 +19,10 @@ Lightning folders, the offline Hugging Face cache) go to ``results/benchmarks/<s
 Resuming: a cell whose latest attempt succeeded with the same configuration hash is never recomputed; failed
 cells are retried unless ``--no-retry-failed``. Changing a model's or the dataset's settings in the suite file
 changes the hash of the affected cells, which then run again.
+
+Training-time budgets (a model's ``budgets_s``): the calibration jobs run first; each budgeted job then gets
+the epoch count its budget allows by its (model, category) calibration (:mod:`benchmarks.budget`). A budgeted
+job whose calibration failed is recorded as failed without running.
 
 Why not ``anomalib benchmark``: it refuses models from outside anomalib (``UnknownModelError``, and still
 exits 0), and cannot carry our few-anomaly datamodule. Why not ``anomalib.pipelines.benchmark.job.BenchmarkJob``
@@ -537,7 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             states = ["done" if store.is_done(r.key, r.config_hash, retry) else "todo" for r in job.rows]
             print(
                 f"  [{index}/{len(jobs)}] {job.job_id}: "
-                + ", ".join(f"{r.split.split_id}={s}" for r, s in zip(job.rows, states, strict=True))
+                + ", ".join(
+                    f"{r.split.split_id}{'' if r.seed == job.seed else f'/seed{r.seed}'}={s}"
+                    for r, s in zip(job.rows, states, strict=True)
+                )
             )
         print(budget_summary(jobs, pending))
         return 0

@@ -362,21 +362,15 @@ def make_tree(root: Path, image_size: int, n_train: int) -> Path:
 def train(args: argparse.Namespace, root: Path, work: Path, counter: HostReadCounter | None) -> tuple[Any, Any]:
     """One seeded training of ``--epochs`` epochs x ``--batches`` batches; returns the model and marker callback."""
     import torch
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_bgad import Bgad
     from anomalib_bgad.data import FewAnomalyMVTecAD
+    from benchmarks.worker import build_engine, build_model
 
     torch.set_num_threads(args.threads)
     seed_everything(0, workers=True)
-    model = Bgad(
-        **args.init_args,
-        pre_processor=Bgad.configure_pre_processor(image_size=(args.image_size, args.image_size)),
-        post_processor=False,
-        evaluator=False,
-        visualizer=False,
-    )
+    spec = {"class_path": "anomalib_bgad.Bgad", "init_args": args.init_args}
+    model = build_model({"model": spec, "image_size": args.image_size})
     datamodule = FewAnomalyMVTecAD(
         root=root,
         category="brick",
@@ -389,19 +383,8 @@ def train(args: argparse.Namespace, root: Path, work: Path, counter: HostReadCou
         seed=0,
     )
     markers = _markers_callback(counter, args.device)
-    engine = Engine(
-        accelerator="gpu" if args.device == "cuda" else "cpu",
-        devices=1,
-        max_epochs=args.epochs,
-        limit_train_batches=args.batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=work,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[markers],
-    )
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    engine = build_engine(accelerator, args.epochs, work, [markers], limit_train_batches=args.batches)
     engine.fit(model, datamodule=datamodule)
     return model, markers
 

@@ -8,7 +8,8 @@ run each, executed by :mod:`benchmarks.worker`):
   SuperSimpleNet) gets one job per row, because every setting changes its training data;
 * a model that does not (NFAD, BGAD-w/o, PatchCore, PaDiM, CFLOW, unsupervised SuperSimpleNet) sees the same
   normal training images in every setting, so it is trained **once** per (category, seed) and that one model
-  is tested on the test split of every setting it is listed for. Only the test set differs between its rows;
+  is tested on the test split of every setting it is listed for. Only the test set differs between its rows.
+  With ``train_once: true`` it is trained once per category and tested on the splits of every seed too;
 * a model with training-time budgets (``budgets_s``) gets one job per budget as well, and one **calibration**
   job per category that times its epochs (see :mod:`benchmarks.budget`); the runner turns each budget into an
   epoch count with the calibration measured in the same run.
@@ -62,6 +63,9 @@ Schema (see ``benchmarks/suites/embedded.yaml`` for a commented example)::
         calibration_epochs: 3      # epochs of the calibration fit (default 3; at least 2)
         seeds: [0, 1, 2]           # optional: the model's seeds, a subset of the suite's (default: all)
         train_anomalies: false
+        train_once: false          # true: one training per category (the model's first seed), tested on the split
+                                   # of every seed; for models without anomalies in training whose result hardly
+                                   # depends on the seed (PatchCore, PaDiM): their training images are the same
         datamodule_args: {...}     # optional per-model datamodule args that do not change the split (batch size)
         note: str                  # shown next to the model in the tables (e.g. a different backbone)
         runner: module:function    # optional: run the job with this callable instead of anomalib's Engine
@@ -219,6 +223,9 @@ def _validate_schedule(name: str, spec: dict[str, Any], suite_seeds: list[int], 
         if unknown or not spec["seeds"]:
             msg = f"{where}: seeds must be a non-empty subset of the suite's seeds {suite_seeds}, got {seeds}."
             raise SuiteError(msg)
+    if spec.get("train_once") and (spec["train_anomalies"] or spec.get("budgets_s") is not None):
+        msg = f"{where}: train_once needs train_anomalies: false and no budgets_s (one training serves every seed)."
+        raise SuiteError(msg)
     budgets = spec.get("budgets_s")
     if budgets is None:
         for key in ("budget_seeds", "calibration_epochs"):
@@ -447,6 +454,15 @@ def expand(
             if not splits:
                 continue
             model_jobs = []
+            if spec.get("train_once"):
+                chosen = [seed for seed in spec["seeds"] if seeds is None or seed in seeds]
+                rows = [
+                    Row(model, category, split, seed, row_config_hash(suite, model, split))
+                    for seed in chosen
+                    for split in splits
+                ]
+                jobs.extend([Job(model, category, spec["seeds"][0], rows)] if rows else [])
+                continue
             for budget in spec.get("budgets_s") or [None]:
                 for seed in spec["seeds"] if budget is None else budget_seeds(spec, budget):
                     if seeds is not None and seed not in seeds:
@@ -500,10 +516,11 @@ def job_payload(suite: dict[str, Any], job: Job, results_dir: Path, work_dir: Pa
         "rows": [
             {
                 "key": row.key,
+                "seed": row.seed,
                 "setting": row.split.setting,
                 "n_anomalies": row.split.n_anomalies,
                 "seen_defect_type": row.split.seen_defect_type,
-                "manifest": str(manifest_path(results_dir, job.category, row.split, job.seed).resolve()),
+                "manifest": str(manifest_path(results_dir, job.category, row.split, row.seed).resolve()),
                 "config_hash": row.config_hash,
             }
             for row in job.rows

@@ -141,7 +141,7 @@ def build_datamodule(job: dict[str, Any], row: dict[str, Any]) -> Any:
         setting=row["setting"],
         n_anomalies=row["n_anomalies"],
         seen_defect_type=row["seen_defect_type"],
-        seed=job["seed"],
+        seed=row.get("seed", job["seed"]),
         manifest_path=manifest,
         **runtime,
     )
@@ -189,16 +189,18 @@ def _start_training(job: dict[str, Any]) -> tuple[Any, Any]:
     return build_model(job), build_datamodule(job, job["rows"][0])
 
 
-def build_engine(job: dict[str, Any], max_epochs: int, callbacks: list[Any]) -> Any:
-    """anomalib's ``Engine`` for a benchmark job: no logger, no progress bar, no validation during ``fit``."""
+def build_engine(accelerator: str, max_epochs: int, work_dir: Path, callbacks: list[Any], **trainer_args: Any) -> Any:
+    """anomalib's ``Engine`` for measuring: no logger, progress bar or model summary, no validation during ``fit``.
+
+    ``work_dir`` (Lightning's root folder) is emptied first; ``trainer_args`` go to the Trainer as well.
+    """
     import shutil
 
     from anomalib.engine import Engine
 
-    work_dir = Path(job["work_dir"])
     shutil.rmtree(work_dir, ignore_errors=True)
     return Engine(
-        accelerator=job["accelerator"],
+        accelerator=accelerator,
         devices=1,
         max_epochs=max_epochs,
         default_root_dir=work_dir,
@@ -208,6 +210,7 @@ def build_engine(job: dict[str, Any], max_epochs: int, callbacks: list[Any]) -> 
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        **trainer_args,
     )
 
 
@@ -223,7 +226,7 @@ def calibration_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     model, datamodule = _start_training(job)
     clock = EpochClock()
-    engine = build_engine(job, int(job["calibration_epochs"]), [clock])
+    engine = build_engine(job["accelerator"], int(job["calibration_epochs"]), Path(job["work_dir"]), [clock])
     start = time.perf_counter()
     engine.fit(model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
@@ -254,7 +257,8 @@ def engine_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     model, first = _start_training(job)
     clock = EpochClock()
-    engine = build_engine(job, int(job["model"].get("max_epochs", 1)), [clock])
+    epochs = int(job["model"].get("max_epochs", 1))
+    engine = build_engine(job["accelerator"], epochs, Path(job["work_dir"]), [clock])
     start = time.perf_counter()
     engine.fit(model, datamodule=first)
     train_seconds = time.perf_counter() - start

@@ -496,31 +496,40 @@ def test_eta_uses_per_model_durations() -> None:
 # ------------------------------------------------------------------------------------------------------------
 # End to end with real anomalib models (slow)
 # ------------------------------------------------------------------------------------------------------------
+# A paper-protocol suite shrunk to the tiny tree: offline backbone, 64 px, one seed, a 2-block BGAD for one epoch.
+TINY_OVERRIDES = (
+    "backbone=tf_efficientnet_lite0",
+    "offline=true",
+    "accelerator=cpu",
+    "threads=1",
+    "image_size=64",
+    "seeds=[0]",
+    "dataset.args.num_workers=0",
+    "settings.multi_class.n_anomalies=2",
+    "models.bgad.max_epochs=1",
+    "models.bgad.init_args.phase1_epochs=0",
+    "models.bgad.init_args.coupling_blocks=2",
+)
+
+
+def cli(config: Path, tmp_path: Path, overrides: tuple[str, ...] | list[str], *extra: str) -> list[str]:
+    """``benchmarks.run`` arguments: the suite, output and scratch folders in ``tmp_path``, ``--set`` overrides."""
+    args = ["--config", str(config), "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), *extra]
+    return args + [arg for item in overrides for arg in ("--set", item)]
+
+
 @pytest.mark.slow
 def test_mvtec_suite_wiring_on_a_tiny_tree(tmp_path: Path, tiny_mvtec_root: Path) -> None:
     """The paper-protocol suite, pointed at a tiny tree with the offline backbone: trains, tests, resumes."""
     overrides = [
-        "backbone=tf_efficientnet_lite0",
-        "offline=true",
-        "accelerator=cpu",
-        "threads=1",
-        "image_size=64",
-        "seeds=[0]",
+        *TINY_OVERRIDES,
         "dataset.categories=[brick]",
-        "dataset.args.num_workers=0",
         "dataset.args.train_batch_size=8",
         "dataset.args.eval_batch_size=8",
-        "settings.multi_class.n_anomalies=2",
         "settings.one_class={n_anomalies: 2, seen_defect_types: [crack]}",
         "settings.sweep.n_anomalies=[0, 2]",
-        "models.bgad.max_epochs=1",
-        "models.bgad.init_args.phase1_epochs=0",
-        "models.bgad.init_args.coupling_blocks=2",
     ]
-    args = ["--config", str(SUITES / "mvtec.yaml"), "--root", str(tiny_mvtec_root), "--models", "bgad,padim"]
-    args += ["--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
-    for item in overrides:
-        args += ["--set", item]
+    args = cli(SUITES / "mvtec.yaml", tmp_path, overrides, "--root", str(tiny_mvtec_root), "--models", "bgad,padim")
     assert main(args) == 0
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(results["status"]) == {"ok"}
@@ -568,22 +577,8 @@ def test_btad_suite_wiring_on_a_tiny_tree(tmp_path: Path, tiny_mvtec_root: Path)
     root = make_tiny_btad(tiny_mvtec_root, tmp_path / "btad")
     suite = load_suite(SUITES / "btad.yaml")
     assert "one_class" not in suite["settings"]
-    args = ["--config", str(SUITES / "btad.yaml"), "--root", str(root), "--models", "bgad", "--categories", "01"]
-    args += ["--settings", "multi_class", "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
-    for item in (
-        "backbone=tf_efficientnet_lite0",
-        "offline=true",
-        "accelerator=cpu",
-        "threads=1",
-        "image_size=64",
-        "seeds=[0]",
-        "dataset.args.num_workers=0",
-        "settings.multi_class.n_anomalies=2",
-        "models.bgad.max_epochs=1",
-        "models.bgad.init_args.phase1_epochs=0",
-        "models.bgad.init_args.coupling_blocks=2",
-    ):
-        args += ["--set", item]
+    extra = ["--root", str(root), "--models", "bgad", "--categories", "01", "--settings", "multi_class"]
+    args = cli(SUITES / "btad.yaml", tmp_path, TINY_OVERRIDES, *extra)
     assert main([*args, "--no-plots"]) == 0
     (row,) = pd.read_csv(tmp_path / "out" / "results.csv").to_dict("records")
     assert row["status"] == "ok" and row["n_train_anomalies"] == 2

@@ -79,9 +79,12 @@ def test_suite_expands_into_calibrations_then_one_job_per_budget_and_seed() -> N
     ]
     count = {model: sum(job.model == model and job.kind != CALIBRATION for job in jobs) for model in suite["models"]}
     # BGAD: 30 s, 60 s, 2.5 min x 3 seeds and 2, 5, 10 min x seed 0, per category; NFAD: 30 s, 2.5 min x 3 + 5 min x 1.
-    assert count == {"bgad": 3 * (3 * 3 + 3), "nfad": 3 * (2 * 3 + 1), "patchcore": 9, "padim": 9, "bgad_reference": 3}
+    # PatchCore and PaDiM: one training per category, tested on the split of every seed.
+    assert count == {"bgad": 3 * (3 * 3 + 3), "nfad": 3 * (2 * 3 + 1), "patchcore": 3, "padim": 3, "bgad_reference": 3}
     assert {job.seed for job in jobs if job.model == "bgad" and job.budget_s == 600} == {0}
-    assert all(len(job.rows) == 1 for job in jobs)
+    (patchcore, *_) = [job for job in jobs if job.model == "patchcore"]
+    assert patchcore.seed == 0 and [row.seed for row in patchcore.rows] == [0, 1, 2]
+    assert all(len(job.rows) == 1 for job in jobs if job.model not in {"patchcore", "padim"})
     keys = [row.key for job in jobs for row in job.rows]
     assert len(set(keys)) == len(keys) and len({job.job_id for job in jobs}) == len(jobs)
     assert "bgad|brick|multi_class_n10|seed1|budget150s" in keys
@@ -95,6 +98,11 @@ def test_suite_expands_into_calibrations_then_one_job_per_budget_and_seed() -> N
         "phase1_epochs": 1,
     }
     assert suite["dataset"]["args"]["repeat_anomalies"] == 2 and suite["image_size"] == 256
+
+
+def test_a_model_trained_once_keeps_its_first_seed_under_a_seed_filter() -> None:
+    (job,) = expand(committed_suite(), models=["padim"], categories=["brick"], seeds=[2])
+    assert job.seed == 0 and [row.key for row in job.rows] == ["padim|brick|multi_class_n10|seed2"]
 
 
 def test_a_seed_filter_keeps_the_calibrations() -> None:
@@ -135,6 +143,8 @@ def test_config_hashes_follow_what_a_row_computes() -> None:
         ({"budgets_s": [30], "seeds": [0, 7]}, r"seeds must be a non-empty subset of the suite's seeds \[0, 1\]"),
         ({"budgets_s": [30], "calibration_epochs": 1}, "calibration_epochs must be an integer >= 2"),
         ({"max_epochs": 2, "calibration_epochs": 3}, "'calibration_epochs' needs 'budgets_s'"),
+        ({"train_once": True, "train_anomalies": True}, "train_once needs train_anomalies: false and no budgets_s"),
+        ({"train_once": True, "budgets_s": [30]}, "train_once needs train_anomalies: false and no budgets_s"),
     ],
 )
 def test_budget_errors_are_explained(model: dict, message: str) -> None:
@@ -273,17 +283,17 @@ def test_time_to_accuracy_suite_on_a_tiny_tree(tmp_path: Path) -> None:
         "settings.multi_class.n_anomalies=2",
         "image_size=64",
         "threads=1",
-        "seeds=[0]",
+        "seeds=[0, 1]",
+        "models.bgad.seeds=[0]",
+        "models.patchcore.seeds=[0, 1]",
         "models.bgad.init_args={coupling_blocks: 2}",
         "models.bgad.budgets_s=[1, 4]",
         "models.bgad.budget_seeds={}",
         "models.bgad_reference.max_epochs=2",
         "models.bgad_reference.init_args.coupling_blocks=2",
     ]
-    args = ["--config", str(SUITE), "--models", "bgad,patchcore,bgad_reference"]
-    args += ["--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
-    for item in overrides:
-        args += ["--set", item]
+    args = ["--config", str(SUITE), "--models", "bgad,patchcore,bgad_reference", "--output", str(tmp_path / "out")]
+    args += ["--work-dir", str(tmp_path / "work"), *(arg for item in overrides for arg in ("--set", item))]
     assert main(args) == 0
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(results["status"]) == {"ok"}
@@ -299,7 +309,13 @@ def test_time_to_accuracy_suite_on_a_tiny_tree(tmp_path: Path) -> None:
     reference = results[results.model == "bgad_reference"]
     assert len(reference) == 2 and reference["epochs"].eq(2).all()
     tested = results[results["kind"] == "cell"]
-    assert len(tested) == 4 + 2 + 2 and tested[list(report.METRICS)].apply(lambda c: c.between(0, 1)).all().all()
+    assert len(tested) == 4 + 2 * 2 + 2 and tested[list(report.METRICS)].apply(lambda c: c.between(0, 1)).all().all()
+    # PatchCore: trained once per category, tested on the split of each seed (written with that seed).
+    patchcore = results[results.model == "patchcore"]
+    assert patchcore.groupby("category")["job_id"].nunique().eq(1).all() and sorted(set(patchcore.seed)) == [0, 1]
+    for seed in (0, 1):
+        manifest = json.loads((tmp_path / "out" / f"splits/brick/multi_class_n2/seed{seed}.json").read_text())
+        assert manifest["seed"] == seed
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "## Accuracy after each training budget" in markdown and "## Calibration" in markdown
     assert "![time_to_accuracy](plots/time_to_accuracy.png)" in markdown
