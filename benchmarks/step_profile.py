@@ -150,7 +150,8 @@ def summarize_scope(events: Sequence[Any], scopes: Sequence[tuple[float, float]]
     for event in selected:
         name = event.name
         if name.startswith(OPTIMIZER_STEP):
-            out["optimizer_steps"] += 1
+            # An optimiser whose step calls its parent class's step records two nested events: count the outer.
+            out["optimizer_steps"] += not any(parent.name.startswith(OPTIMIZER_STEP) for parent in _ancestors(event))
         elif name.startswith("aten::"):
             out["aten_all"] += 1
             ancestors = list(_ancestors(event))

@@ -22,7 +22,7 @@ class CheckedSGD(torch.optim.SGD):
 
     def step(self, closure=None):
         loss = super().step(closure)
-        float(self.param_groups[0]["params"][0].sum())
+        float(self.param_groups[0]["params"][0].detach().sum())
         return loss
 
 
@@ -30,6 +30,9 @@ def toy_training(steps: int) -> tuple[torch.profiler.profile, int]:
     """``steps`` optimiser steps of a linear model inside one epoch marker and one batch marker per step."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
+    # torch wraps a class's step in an Optimizer.step# event when the class's first instance is made: with an SGD
+    # made first, CheckedSGD's step records two nested events, of which one optimiser step is counted.
+    torch.optim.SGD(model.parameters(), lr=0.1)
     optimizer = CheckedSGD(model.parameters(), lr=0.1)
     data = torch.randn(8, 4)
     with profile(activities=[ProfilerActivity.CPU]) as profiler, record_function(f"{EPOCH_MARKER}0"):
