@@ -321,7 +321,7 @@ def make_plots(frame: pd.DataFrame, suite: dict[str, Any], out_dir: str | Path) 
     colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.4 * len(METRICS), 4.4))
     for axis, metric in zip(axes, METRICS, strict=True):
-        values = []
+        values, seconds = [], []
         for model, spec in suite["models"].items():
             colour = colours(report.colour_index(model, colour_labels))
             label = spec.get("label", model)
@@ -348,6 +348,7 @@ def make_plots(frame: pd.DataFrame, suite: dict[str, Any], out_dir: str | Path) 
                 continue
             xs, means, stds, counts = (np.array(column, dtype=float) for column in zip(*points, strict=True))
             values += list(means - stds)
+            seconds += list(xs)
             if spec.get("budgets_s"):
                 axis.plot(xs, means, color=colour, linewidth=1.5, label=label)
                 axis.fill_between(xs, means - stds, means + stds, color=colour, alpha=0.18, linewidth=0)
@@ -357,7 +358,7 @@ def make_plots(frame: pd.DataFrame, suite: dict[str, Any], out_dir: str | Path) 
             else:
                 axis.errorbar(xs, means, yerr=stds, fmt="D", color=colour, capsize=3, markersize=7, label=label)
         highlight = options.get("highlight_budget_s")
-        if highlight:
+        if highlight and seconds and min(seconds) <= float(highlight) <= max(seconds):
             axis.axvline(float(highlight), color="grey", linestyle=":", linewidth=1)
             label = f" {format_budget(float(highlight))}"
             axis.text(float(highlight), 0.02, label, transform=axis.get_xaxis_transform(), color="grey", fontsize=8)
