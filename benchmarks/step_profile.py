@@ -353,7 +353,7 @@ def _markers_callback(counter: HostReadCounter | None, device: str) -> Any:
 
 def make_tree(root: Path, image_size: int, n_train: int) -> Path:
     """A one-category embedded tree: ``n_train`` normal training images, 15 defective test images (10 known)."""
-    from anomalib_bgad.data.embedded import generate_embedded_dataset
+    from anomalib_bgad.embedded import generate_embedded_dataset
 
     return generate_embedded_dataset(
         root, categories=["brick"], image_size=image_size, n_train=n_train, n_test_good=2, n_test_per_defect=3
@@ -377,7 +377,7 @@ def train(args: argparse.Namespace, root: Path, work: Path, counter: HostReadCou
         category="brick",
         n_anomalies=10,
         repeat_anomalies=2,
-        pseudo_anomalies=1.0,
+        pseudo_anomaly_ratio=1.0,
         train_batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         num_workers=0,

@@ -130,7 +130,7 @@ def build_datamodule(job: dict[str, Any], row: dict[str, Any]) -> Any:
         **dataset.get("args", {}),
         **(job["model"].get("datamodule_args") or {}),
         "root": dataset["root"],
-        "train_anomalies": bool(job["model"].get("train_anomalies", False)),
+        "train_on_anomalies": bool(job["model"].get("train_anomalies", False)),
     }
     manifest = Path(row["manifest"])
     if manifest.is_file():
