@@ -33,13 +33,20 @@ COLUMNS = (
     "seen_defect_type",
     "n_anomalies",
     "seed",
+    "kind",
+    "budget_s",
+    "epochs",
     "status",
     "error",
     *METRICS,
     "train_s",
+    "epoch_s",
+    "t_first_s",
+    "t_epoch_s",
     "test_s",
     "ms_per_image",
     "peak_rss_mb",
+    "device",
     "n_train_normal",
     "n_train_anomalies",
     "n_test",
@@ -64,6 +71,16 @@ def read_results(path: str | Path) -> pd.DataFrame:
             frame[column] = np.nan
     frame["seen_defect_type"] = frame["seen_defect_type"].where(frame["seen_defect_type"].notna(), None)
     return frame
+
+
+def calibration_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of calibration fits (timings only, no metrics)."""
+    return frame[frame["kind"] == "calibration"]
+
+
+def result_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of trained and tested cells (everything but calibrations)."""
+    return frame[frame["kind"] != "calibration"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -146,15 +163,19 @@ def table_for(
     unit_labels: Sequence[str],
     models: Sequence[str],
     labels: dict[str, str],
-    n_seeds: int,
+    n_seeds: int | dict[str, int],
 ) -> str:
-    """Markdown table: one row per model, one column per unit plus the mean over units."""
+    """Markdown table: one row per model, one column per unit plus the mean over units.
+
+    ``n_seeds`` is the expected seed count, for all models or per model: fewer successful seeds are flagged.
+    """
     header = "| model | " + " | ".join(unit_labels) + " | **mean** |"
     lines = [header, "|---" * (len(unit_labels) + 2) + "|"]
     for model in models:
         rows = frame[frame["model"] == model]
         if rows.empty:
             continue
+        expected = n_seeds.get(model) if isinstance(n_seeds, dict) else n_seeds
         cells = []
         for unit in units:
             unit_tuple = unit if isinstance(unit, tuple) else (unit,)
@@ -167,8 +188,8 @@ def table_for(
             elif _ok(selected).empty:
                 cells.append("failed")
             else:
-                cells.append(format_cell(*mean_std(_cell_values(selected, metric)), expected=n_seeds))
-        mean = format_cell(*mean_std(per_seed_means(rows, metric, units, unit_columns)), expected=n_seeds)
+                cells.append(format_cell(*mean_std(_cell_values(selected, metric)), expected=expected))
+        mean = format_cell(*mean_std(per_seed_means(rows, metric, units, unit_columns)), expected=expected)
         lines.append(f"| {labels.get(model, model)} | " + " | ".join(cells) + f" | **{mean}** |")
     return "\n".join(lines)
 
@@ -399,6 +420,7 @@ def render_markdown(
     plots: Sequence[str] = (),
 ) -> str:
     """The full markdown report of a suite's results."""
+    frame = result_rows(frame)
     run_info = run_info or {}
     categories = list(suite["dataset"]["categories"])
     n_seeds = len(suite["seeds"])
@@ -407,11 +429,7 @@ def render_markdown(
     labels = {name: spec.get("label", name) for name, spec in suite["models"].items()}
     labels.update({m: m for m in models if m not in labels})
     notes = {name: spec.get("note", "") for name, spec in suite["models"].items() if spec.get("note")}
-    out = [f"# {suite.get('title') or suite['suite']}", ""]
-    if suite.get("description"):
-        out += [suite["description"].strip(), ""]
-    if suite.get("shrunk"):
-        out += ["**Shrunk for CPU (differences from the paper protocol):**", "", suite["shrunk"].strip(), ""]
+    out = title_lines(suite)
     out += [
         f"Every number: mean ± sample std over {n_seeds} seed(s) {suite['seeds']}; `—` not run, `failed` see the "
         'failures section, `(n=k)` only k seeds succeeded. A "mean" averages the categories within each seed '
@@ -420,15 +438,7 @@ def render_markdown(
         "manifests in `splits/`).",
         "",
     ]
-    command = run_info.get("command") or suite.get("command")
-    if command:
-        out += [f"**Command:** `{command}`", ""]
-    if run_info.get("versions"):
-        out += ["**Versions:** " + ", ".join(f"{k} {v}" for k, v in run_info["versions"].items()), ""]
-    if run_info.get("machine"):
-        out += [f"**Machine:** {run_info['machine']}", ""]
-    if run_info.get("compute"):
-        out += [f"**Compute:** {run_info['compute']}", ""]
+    out += provenance_lines(suite, run_info)
     out += ["## Headline", "", headline_table(frame, models, labels, categories, headline_n, n_seeds), ""]
     if notes:
         out += ["Model notes:", ""] + [f"- **{labels[m]}**: {text}" for m, text in notes.items()] + [""]
@@ -491,6 +501,38 @@ def render_markdown(
     ]
     aliases = (suite.get("settings", {}).get("sweep") or {}).get("zero_from")
     out += [*comparison_lines(frame, models, labels, categories, headline_n, sweep_aliases=aliases), ""]
+    out += closing_lines(suite, frame)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def title_lines(suite: dict[str, Any]) -> list[str]:
+    """Markdown: the suite's title, description and what was shrunk."""
+    out = [f"# {suite.get('title') or suite['suite']}", ""]
+    if suite.get("description"):
+        out += [suite["description"].strip(), ""]
+    if suite.get("shrunk"):
+        out += ["**Shrunk for CPU (differences from the paper protocol):**", "", suite["shrunk"].strip(), ""]
+    return out
+
+
+def provenance_lines(suite: dict[str, Any], run_info: dict[str, Any]) -> list[str]:
+    """Markdown: the command, versions, machine and compute of the run (from ``run_info.json``)."""
+    out = []
+    command = run_info.get("command") or suite.get("command")
+    if command:
+        out += [f"**Command:** `{command}`", ""]
+    if run_info.get("versions"):
+        out += ["**Versions:** " + ", ".join(f"{k} {v}" for k, v in run_info["versions"].items()), ""]
+    if run_info.get("machine"):
+        out += [f"**Machine:** {run_info['machine']}", ""]
+    if run_info.get("compute"):
+        out += [f"**Compute:** {run_info['compute']}", ""]
+    return out
+
+
+def closing_lines(suite: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+    """Markdown: the suite's hand-written notes and a table of the failed rows of ``frame``."""
+    out = []
     if suite.get("notes"):
         out += ["## Notes", "", suite["notes"].strip(), ""]
     failed = frame[frame["status"] != "ok"]
@@ -500,19 +542,19 @@ def render_markdown(
             text = str(error).replace("|", "\\|").replace("\n", " ")
             out.append(f"| `{key}` | {text[:300]} |")
         out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Plots
 # ------------------------------------------------------------------------------------------------------------
-def _colour_index(model: str, labels: dict[str, str]) -> int:
+def colour_index(model: str, labels: dict[str, str]) -> int:
     """The same colour for a model in every plot: its position in the suite's model list."""
     order = list(labels)
     return (order.index(model) if model in order else len(order)) % 10
 
 
-def _figure_legend(fig: Any, axis: Any, title: str) -> None:
+def figure_legend(fig: Any, axis: Any, title: str) -> None:
     """One legend for the figure, below the panels (it would hide bars inside them)."""
     handles, names = axis.get_legend_handles_labels()
     rows = math.ceil(len(names) / 5) if names else 0
@@ -569,14 +611,14 @@ def _bar_plot(
                 yerr=np.nan_to_num(stds, nan=0.0),
                 capsize=2,
                 label=labels.get(model, model),
-                color=colours(_colour_index(model, labels)),
+                color=colours(colour_index(model, labels)),
             )
         axis.set_title(METRIC_LABELS[metric])
         axis.set_xticks(x, groups, rotation=30 if len(groups) > 5 else 0, ha="right" if len(groups) > 5 else "center")
         if lows:
             axis.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
         axis.grid(axis="y", alpha=0.3)
-    _figure_legend(fig, axes[0], title)
+    figure_legend(fig, axes[0], title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -620,14 +662,14 @@ def _sweep_plot(
                 marker="o",
                 capsize=3,
                 label=labels.get(model, model),
-                color=colours(_colour_index(model, labels)),
+                color=colours(colour_index(model, labels)),
             )
         axis.set_title(METRIC_LABELS[metric])
         axis.set_xlabel("known anomalies (multi-class)")
         axis.set_xticks(counts)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("mean over categories")
-    _figure_legend(fig, axes[0], "Metric vs number of known anomalies (mean ± std over seeds)")
+    figure_legend(fig, axes[0], "Metric vs number of known anomalies (mean ± std over seeds)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -637,6 +679,7 @@ def make_plots(frame: pd.DataFrame, suite: dict[str, Any], out_dir: str | Path) 
     """Write ``multi_class.png``, ``one_class.png`` and ``sweep.png`` (those with data) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    frame = result_rows(frame)
     categories = list(suite["dataset"]["categories"])
     headline_n = int(suite.get("headline_n", 10))
     models = model_order(frame, list(suite["models"]))

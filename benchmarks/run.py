@@ -8,6 +8,7 @@ Usage::
     python -m benchmarks.run --config ... --models bgad,nfad --seeds 0          # a slice of the grid
     python -m benchmarks.run --config ... --set models.bgad.max_epochs=2        # any suite key
     python -m benchmarks.run --config ... --report-only                         # tables/plots from results.csv
+    python -m benchmarks.run --config benchmarks/suites/time_to_accuracy.yaml   # accuracy after training budgets
 
 Outputs in ``benchmarks/results/<suite>/`` (``--output``): ``results.csv`` (one row per cell, failed cells
 with their error), ``results.md`` (mean ± std over seeds per category and mean, cost, computed win/loss
@@ -18,6 +19,10 @@ Lightning folders, the offline Hugging Face cache) go to ``results/benchmarks/<s
 Resuming: a cell whose latest attempt succeeded with the same configuration hash is never recomputed; failed
 cells are retried unless ``--no-retry-failed``. Changing a model's or the dataset's settings in the suite file
 changes the hash of the affected cells, which then run again.
+
+Training-time budgets (a model's ``budgets_s``): the calibration jobs run first; each budgeted job then gets
+the epoch count its budget allows by its (model, category) calibration (:mod:`benchmarks.budget`). A budgeted
+job whose calibration failed is recorded as failed without running.
 
 Why not ``anomalib benchmark``: it refuses models from outside anomalib (``UnknownModelError``, and still
 exits 0), and cannot carry our few-anomaly datamodule. Why not ``anomalib.pipelines.benchmark.job.BenchmarkJob``
@@ -39,10 +44,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
-import platform
 import select
 import shlex
 import subprocess
@@ -55,9 +60,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
-from benchmarks.environment import cpu_model, package_versions
-from benchmarks.suite import Job, SuiteError, expand, job_payload, load_suite
+from benchmarks import report, time_to_accuracy
+from benchmarks.budget import Calibration
+from benchmarks.environment import git_commit, machine_description, versions
+from benchmarks.suite import CALIBRATION, Job, SuiteError, expand, job_payload, load_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROW_FIELDS = report.COLUMNS
@@ -130,6 +136,8 @@ def _relative(path: str | None, base: Path) -> str | None:
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        return json.dumps([float(f"{v:.6g}") if isinstance(v, float) else v for v in value])
     return "" if value is None else value
 
 
@@ -301,30 +309,7 @@ def worker_environment(suite: dict[str, Any], work_dir: Path) -> dict[str, str]:
     return environment
 
 
-def _versions() -> dict[str, str]:
-    packages = ("anomalib", "anomalib-bgad", "torch", "torchvision", "lightning", "timm", "FrEIA")
-    return {"python": platform.python_version(), **package_versions(packages)}
-
-
-def _machine(accelerator: str) -> str:
-    cpu = cpu_model(default=platform.processor() or platform.machine())
-    memory = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {kib / 1024**2:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.system()} {platform.machine()}, {cpu}, {cores} cores{memory}, accelerator {accelerator}"
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
+RUN_PACKAGES = ("anomalib", "anomalib-bgad", "torch", "torchvision", "lightning", "timm", "FrEIA")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -337,29 +322,50 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+OVERHEAD = "|overhead"  # durations key suffix: wall time beyond the budget of a model's budgeted jobs
+
+
+def duration_key(job: Job) -> str:
+    """Where a finished job's duration is kept for the ETA: its model, or its model's budget overhead."""
+    return job.model if job.budget_s is None else job.model + OVERHEAD
+
+
 def estimate_remaining(pending: Sequence[Job], durations: dict[str, list[float]]) -> float | None:
-    """Seconds left: each pending job costs the mean duration of finished jobs of its model (else of all)."""
-    every = [d for values in durations.values() for d in values]
-    if not every:
-        return None
-    overall = sum(every) / len(every)
-    return sum(
-        sum(durations[job.model]) / len(durations[job.model]) if durations.get(job.model) else overall
-        for job in pending
-    )
+    """Seconds left, or None while a job's cost cannot be estimated yet.
+
+    A budgeted job costs its budget plus the mean overhead (wall time beyond the budget) of its model's finished
+    budgeted jobs; any other job the mean duration of finished jobs of its model, else of all unbudgeted jobs.
+    """
+    every = [d for key, values in durations.items() if not key.endswith(OVERHEAD) for d in values]
+    total = 0.0
+    for job in pending:
+        known = durations.get(duration_key(job))
+        if job.budget_s is not None:
+            total += job.budget_s + (sum(known) / len(known) if known else 0.0)
+        elif known or every:
+            total += sum(known or every) / len(known or every)
+        else:
+            return None
+    return total
 
 
 def _summary(records: Sequence[dict[str, Any]]) -> str:
     parts = []
     for record in records:
-        if record.get("status") == "ok":
+        if record.get("status") != "ok":
+            parts.append(f"FAILED {record['key']}: {str(record.get('error', ''))[:160]}")
+        elif record.get("kind") == CALIBRATION:
             parts.append(
-                f"{record['setting']}{'/' + record['seen_defect_type'] if record.get('seen_defect_type') else ''}"
-                f" n={record['n_anomalies']}: img {record.get('image_AUROC', math.nan):.3f}"
-                f" pix {record.get('pixel_AUROC', math.nan):.3f} pro {record.get('pixel_AUPRO', math.nan):.3f}"
+                f"calibration: first epoch {record['t_first_s']:.1f} s, later epochs {record['t_epoch_s']:.1f} s"
             )
         else:
-            parts.append(f"FAILED {record['key']}: {str(record.get('error', ''))[:160]}")
+            budget = f"{record['budget_s']:g} s = {record['epochs']} epoch(s), " if record.get("budget_s") else ""
+            seen = f"/{record['seen_defect_type']}" if record.get("seen_defect_type") else ""
+            parts.append(
+                f"{budget}{record['setting']}{seen} n={record['n_anomalies']}: "
+                f"img {record.get('image_AUROC', math.nan):.3f} pix {record.get('pixel_AUROC', math.nan):.3f} "
+                f"pro {record.get('pixel_AUPRO', math.nan):.3f}"
+            )
     return "; ".join(parts)
 
 
@@ -404,12 +410,13 @@ def write_report(suite: dict[str, Any], results_dir: Path, plots: bool = True) -
         return None
     info_path = results_dir / "run_info.json"
     run_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    module = time_to_accuracy if suite["report"] == "time_to_accuracy" else report
     plot_paths = []
     if plots:
         plot_paths = [
-            p.relative_to(results_dir).as_posix() for p in report.make_plots(frame, suite, results_dir / "plots")
+            p.relative_to(results_dir).as_posix() for p in module.make_plots(frame, suite, results_dir / "plots")
         ]
-    markdown = report.render_markdown(frame, suite, run_info, plot_paths)
+    markdown = module.render_markdown(frame, suite, run_info, plot_paths)
     target = results_dir / "results.md"
     target.write_text(markdown, encoding="utf-8")
     return target
@@ -433,9 +440,9 @@ def _update_run_info(
     info = {
         "suite": suite["suite"],
         "command": command,
-        "versions": _versions(),
-        "machine": _machine(suite["accelerator"]),
-        "git_commit": _git_commit(),
+        "versions": versions(RUN_PACKAGES),
+        "machine": machine_description(suite["accelerator"]),
+        "git_commit": git_commit(),
         "updated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "compute": (
             f"{len(seen_jobs)} training jobs, {_duration(sum(seen_jobs.values()))} of job time in total "
@@ -446,6 +453,35 @@ def _update_run_info(
     }
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def resolve_budget(job: Job, calibration_row: Any, store: ResultStore) -> dict[str, Any] | str:
+    """The epoch count of a budgeted job from its stored calibration, or the error that prevents it."""
+    where = f"{job.model} on {job.category}"
+    record = store.latest.get(calibration_row.key) if calibration_row is not None else None
+    if record is None or record.get("config_hash") != calibration_row.config_hash:
+        return f"no calibration of {where} in this run: run the suite without --models/--categories filters first"
+    if record.get("status") != "ok":
+        return f"the calibration of {where} failed: {record.get('error', '')}"[:600]
+    calibration = Calibration(float(record["t_first_s"]), float(record["t_epoch_s"]))
+    return {
+        "budget_s": job.budget_s,
+        "epochs": calibration.epochs_for(float(job.budget_s)),
+        "t_first_s": calibration.t_first_s,
+        "t_epoch_s": calibration.t_epoch_s,
+    }
+
+
+def budget_summary(jobs: Sequence[Job], pending: Sequence[Job]) -> str:
+    """One line for ``--list``: budgeted training seconds of all and of the pending jobs, and what is not budgeted."""
+    budgeted = sum(job.budget_s or 0.0 for job in jobs)
+    todo = sum(job.budget_s or 0.0 for job in pending)
+    calibrations = sum(job.kind == CALIBRATION for job in jobs)
+    fixed = sum(job.kind != CALIBRATION and job.budget_s is None for job in jobs)
+    return (
+        f"Budgeted training: {_duration(budgeted)} in all, {_duration(todo)} still to run; not included: "
+        f"{calibrations} calibration job(s), {fixed} job(s) with a fixed epoch count, and every job's test and setup."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for job in jobs:
         todo = [row for row in job.rows if not store.is_done(row.key, row.config_hash, retry)]
         if todo:
-            pending.append(Job(job.model, job.category, job.seed, todo))
+            pending.append(dataclasses.replace(job, rows=todo))
     total_rows = sum(len(job.rows) for job in jobs)
     pending_rows = sum(len(job.rows) for job in pending)
     print(
@@ -506,8 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             states = ["done" if store.is_done(r.key, r.config_hash, retry) else "todo" for r in job.rows]
             print(
                 f"  [{index}/{len(jobs)}] {job.job_id}: "
-                + ", ".join(f"{r.split.split_id}={s}" for r, s in zip(job.rows, states, strict=True))
+                + ", ".join(
+                    f"{r.split.split_id}{'' if r.seed == job.seed else f'/seed{r.seed}'}={s}"
+                    for r, s in zip(job.rows, states, strict=True)
+                )
             )
+        print(budget_summary(jobs, pending))
         return 0
 
     command = "python -m benchmarks.run " + " ".join(
@@ -517,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     offline_backbone = suite.get("backbone") if suite.get("offline") else None
     labels = {name: spec["label"] for name, spec in suite["models"].items()}
     durations: dict[str, list[float]] = {}
+    later: list[Job] = []  # jobs of a later pass, for the ETA
     failed_cells = 0
     started = time.monotonic()
     finished = 0
@@ -525,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def record(job: Job, results: list[dict[str, Any]], elapsed: float, remaining: list[Job]) -> None:
         nonlocal failed_cells, finished
         finished += 1
-        durations.setdefault(job.model, []).append(elapsed)
+        if elapsed > 0:  # 0: failed before it ran (no calibration)
+            durations.setdefault(duration_key(job), []).append(elapsed - (job.budget_s or 0.0))
         by_key = {result["key"]: result for result in results}
         records = []
         for row in job.rows:
@@ -544,6 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "seed": row.seed,
                     "shared_training": len(job.rows) > 1,
                     "config_hash": row.config_hash,
+                    "kind": row.kind,
+                    "budget_s": row.budget_s,
                     "manifest": _relative(result.get("manifest"), results_dir),
                     "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 }
@@ -551,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed_cells += sum(record["status"] != "ok" for record in records)
         store.add(records)
         store.write_csv(full_grid)
-        estimate = estimate_remaining(remaining, durations)
+        estimate = estimate_remaining([*remaining, *later], durations)
         eta = _duration(estimate / parallel) if estimate is not None else "?"
         print(
             f"[{finished}/{len(pending)}] {job.model} {job.category} seed{job.seed} ({_duration(elapsed)}): "
@@ -559,21 +603,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
 
+    calibration_rows = {(job.model, job.category): job.rows[0] for job in full_grid if job.kind == CALIBRATION}
+    epochs: dict[str, dict[str, Any]] = {}
+
     def payload_for(job: Job) -> dict[str, Any]:
         payload = job_payload(suite, job, results_dir, work_dir)
         payload["install_offline_weights"] = offline_backbone
+        if job.budget_s is not None:
+            payload["model"]["max_epochs"] = epochs[job.job_id]["epochs"]
+            payload["budget"] = epochs[job.job_id]
         return payload
 
+    def run(selected: list[Job]) -> None:
+        run_jobs(selected, parallel, payload_for, environment, work_dir / "logs", float(suite["job_timeout"]), record)
+
     try:
-        run_jobs(
-            pending,
-            parallel,
-            payload_for,
-            environment,
-            work_dir / "logs",
-            float(suite["job_timeout"]),
-            record,
-        )
+        # Calibrations first: every budgeted job's epoch count comes from its (model, category) calibration.
+        later = [job for job in pending if job.kind != CALIBRATION]
+        run([job for job in pending if job.kind == CALIBRATION])
+        later = []
+        runnable = []
+        for job in (job for job in pending if job.kind != CALIBRATION):
+            if job.budget_s is None:
+                runnable.append(job)
+                continue
+            resolved = resolve_budget(job, calibration_rows.get((job.model, job.category)), store)
+            if isinstance(resolved, str):
+                record(job, [{"key": row.key, "status": "failed", "error": resolved} for row in job.rows], 0.0, [])
+            else:
+                epochs[job.job_id] = resolved
+                runnable.append(job)
+        run(runnable)
     except KeyboardInterrupt:
         print("Interrupted: finished cells are kept; rerun the same command to resume.", file=sys.stderr)
         failed_cells = -1

@@ -36,8 +36,6 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -45,7 +43,8 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
-from benchmarks.environment import cpu_model, cpuinfo, package_versions  # noqa: E402
+from benchmarks.environment import machine_description, versions  # noqa: E402
+from benchmarks.memory import peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "speed"
@@ -83,16 +82,7 @@ def log(message: str) -> None:
     print(f"[speed {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def machine_line() -> str:
-    text = cpuinfo()
-    cpu = cpu_model(default="unknown CPU", text=text)
-    flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
-    return f"nproc={os.cpu_count()}, CPU: {cpu} (flags: {flags or 'n/a'}), {platform.system()} {platform.machine()}"
-
-
-def versions() -> dict[str, str]:
-    names = ["torch", "anomalib", "timm", "FrEIA", "openvino", "onnx", "onnxscript", "onnxruntime", "lightning"]
-    return {**package_versions(names, missing="n/a"), "python": platform.python_version()}
+SPEED_PACKAGES = ("torch", "anomalib", "timm", "FrEIA", "openvino", "onnx", "onnxscript", "onnxruntime", "lightning")
 
 
 def make_dataset(root: Path, n_train: int) -> Path:
@@ -115,36 +105,17 @@ def load_images(paths: list[Path]):
     return torch.stack([read_image(p, as_tensor=True) for p in paths])
 
 
-class EpochTimer:
-    """Lightning callback: wall time of each training epoch (without validation)."""
-
-    def __new__(cls):
-        from lightning.pytorch import Callback
-
-        class _Timer(Callback):
-            def __init__(self) -> None:
-                self.seconds: list[float] = []
-                self._start = 0.0
-
-            def on_train_epoch_start(self, trainer, pl_module) -> None:
-                self._start = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module) -> None:
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return _Timer()
-
-
 def train_bgad(root: Path, work: Path, epochs: int):
     """Train BGAD (lite0, default architecture) for a few epochs: epoch times + a model with post-processing stats."""
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
 
     from anomalib_bgad import Bgad
+    from benchmarks.epoch_clock import EpochClock
 
     datamodule = MVTecAD(root=root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
     model = Bgad(visualizer=False)
-    timer = EpochTimer()
+    clock = EpochClock()
     engine = Engine(
         max_epochs=epochs,
         default_root_dir=work / "train",
@@ -153,10 +124,10 @@ def train_bgad(root: Path, work: Path, epochs: int):
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[clock],
     )
     engine.fit(model, datamodule=datamodule)
-    return model.eval(), timer.seconds, len(datamodule.train_data)
+    return model.eval(), clock.seconds, len(datamodule.train_data)
 
 
 def fit_peer(model, images) -> None:
@@ -349,14 +320,6 @@ def rss_probe(kind: str, backbone: str, ov_path: str | None, batches: list[int])
     print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
 
 
-def peak_rss_mib() -> float:
-    """High-water RSS of this process image (``VmHWM``; ``ru_maxrss`` would include the forking parent's)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure_rss(kind: str, backbone: str, ov_path: Path | None, batches: list[int]) -> float:
     command = [sys.executable, "-m", "benchmarks.speed", "--rss-probe", kind, "--rss-backbone", backbone]
     if ov_path is not None:
@@ -537,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_into_hf_cache(LITE0, cache_dir=_HF_CACHE)
     work = Path(tempfile.mkdtemp(prefix="bgad_speed_"))
-    log(f"work folder {work}; {machine_line()}; torch threads {torch.get_num_threads()}")
+    log(f"work folder {work}; {machine_description()}; torch threads {torch.get_num_threads()}")
     root = make_dataset(work / "data", args.n_train)
     train_paths = sorted((root / "brick" / "train" / "good").glob("*.png"))
     test_paths = sorted((root / "brick" / "test").rglob("*.png"))[:8]
@@ -571,9 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"peak RSS {name}: {value:.0f} MiB")
     extra = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_line(),
+        "machine": machine_description(),
         "threads": torch.get_num_threads(),
-        "versions": versions(),
+        "versions": versions(SPEED_PACKAGES, missing="n/a"),
         "patchcore_bank": models["patchcore_bank"],
         "n_train": n_train,
         "rss": rss,

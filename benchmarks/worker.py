@@ -13,8 +13,9 @@ pipe. The isolation is kept where it matters:
   imported libraries, ~0.5 GB), like a standalone ``anomalib train`` process would.
 
 The default job runner drives ``anomalib.engine.Engine`` directly (see :mod:`benchmarks.run` for why not
-``BenchmarkJob``). A model spec with ``runner: module:function`` replaces it with any callable taking the
-job payload and returning one result dict per row (used by the tests' stub models).
+``BenchmarkJob``); a calibration job (``kind: calibration``, see :mod:`benchmarks.budget`) only fits and times
+its epochs. A model spec with ``runner: module:function`` replaces both with any callable taking the job
+payload and returning one result dict per row (used by the tests' stub models).
 """
 
 from __future__ import annotations
@@ -29,36 +30,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from benchmarks.memory import peak_rss_mib, reset_peak_rss
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 # Inference timing: at most this many test images are timed (excluding data loading).
 MAX_TIMED_IMAGES = 16
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Memory
-# ------------------------------------------------------------------------------------------------------------
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux >= 4.0). Returns whether it worked."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -152,7 +130,7 @@ def build_datamodule(job: dict[str, Any], row: dict[str, Any]) -> Any:
         **dataset.get("args", {}),
         **(job["model"].get("datamodule_args") or {}),
         "root": dataset["root"],
-        "train_anomalies": bool(job["model"].get("train_anomalies", False)),
+        "train_on_anomalies": bool(job["model"].get("train_anomalies", False)),
     }
     manifest = Path(row["manifest"])
     if manifest.is_file():
@@ -163,7 +141,7 @@ def build_datamodule(job: dict[str, Any], row: dict[str, Any]) -> Any:
         setting=row["setting"],
         n_anomalies=row["n_anomalies"],
         seen_defect_type=row["seen_defect_type"],
-        seed=job["seed"],
+        seed=row.get("seed", job["seed"]),
         manifest_path=manifest,
         **runtime,
     )
@@ -201,6 +179,73 @@ def time_inference(model: Any, datamodule: Any) -> float:
     return 1000.0 * elapsed / max(count, 1)
 
 
+def _start_training(job: dict[str, Any]) -> tuple[Any, Any]:
+    """Threads and seed for the job, then its model and the datamodule of its first row."""
+    import torch
+    from lightning.pytorch import seed_everything
+
+    torch.set_num_threads(max(1, int(job.get("threads", 1))))
+    seed_everything(job["seed"], workers=True)
+    return build_model(job), build_datamodule(job, job["rows"][0])
+
+
+def build_engine(accelerator: str, max_epochs: int, work_dir: Path, callbacks: list[Any], **trainer_args: Any) -> Any:
+    """anomalib's ``Engine`` for measuring: no logger, progress bar or model summary, no validation during ``fit``.
+
+    ``work_dir`` (Lightning's root folder) is emptied first; ``trainer_args`` go to the Trainer as well.
+    """
+    import shutil
+
+    from anomalib.engine import Engine
+
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return Engine(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=max_epochs,
+        default_root_dir=work_dir,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        **trainer_args,
+    )
+
+
+def calibration_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fit the job's model for ``calibration_epochs`` epochs and time them (see :mod:`benchmarks.budget`).
+
+    Same model, data, seed, threads and accelerator as the budgeted jobs it calibrates; nothing is tested.
+    """
+    import shutil
+
+    from benchmarks.budget import Calibration
+    from benchmarks.epoch_clock import EpochClock
+
+    model, datamodule = _start_training(job)
+    clock = EpochClock()
+    engine = build_engine(job["accelerator"], int(job["calibration_epochs"]), Path(job["work_dir"]), [clock])
+    start = time.perf_counter()
+    engine.fit(model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    calibration = Calibration.from_epochs(clock.durations_from(start))
+    shutil.rmtree(job["work_dir"], ignore_errors=True)
+    return [
+        {
+            "key": job["rows"][0]["key"],
+            "status": "ok",
+            "t_first_s": calibration.t_first_s,
+            "t_epoch_s": calibration.t_epoch_s,
+            "epoch_s": list(calibration.epoch_s),
+            "epochs": len(clock.ends),
+            "train_s": train_seconds,
+            **_split_counts(datamodule),
+        }
+    ]
+
+
 def engine_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Train once with anomalib's Engine, then test on every row's split; one result per row.
 
@@ -208,34 +253,19 @@ def engine_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
     """
     import shutil
 
-    import torch
-    from anomalib.engine import Engine
-    from lightning.pytorch import seed_everything
+    from benchmarks.epoch_clock import EpochClock
 
-    torch.set_num_threads(max(1, int(job.get("threads", 1))))
-    seed_everything(job["seed"], workers=True)
-    model = build_model(job)
-    work_dir = Path(job["work_dir"])
-    shutil.rmtree(work_dir, ignore_errors=True)
-    engine = Engine(
-        accelerator=job["accelerator"],
-        devices=1,
-        max_epochs=int(job["model"].get("max_epochs", 1)),
-        default_root_dir=work_dir,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    rows = job["rows"]
-    first = build_datamodule(job, rows[0])
+    model, first = _start_training(job)
+    clock = EpochClock()
+    epochs = int(job["model"].get("max_epochs", 1))
+    engine = build_engine(job["accelerator"], epochs, Path(job["work_dir"]), [clock])
     start = time.perf_counter()
     engine.fit(model, datamodule=first)
     train_seconds = time.perf_counter() - start
+    epoch_seconds = clock.durations_from(start)
     results = []
     ms_per_image = None
-    for index, row in enumerate(rows):
+    for index, row in enumerate(job["rows"]):
         try:
             datamodule = first if index == 0 else build_datamodule(job, row)
             start = time.perf_counter()
@@ -250,6 +280,8 @@ def engine_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
                     "status": "ok",
                     **{name: metrics[name] for name in METRICS},
                     "train_s": train_seconds,
+                    "epoch_s": epoch_seconds,
+                    "epochs": len(clock.ends),
                     "test_s": test_seconds,
                     "ms_per_image": ms_per_image,
                     **_split_counts(datamodule),
@@ -257,7 +289,7 @@ def engine_runner(job: dict[str, Any]) -> list[dict[str, Any]]:
             )
         except Exception as error:  # one split failing must not lose the others
             results.append({"key": row["key"], "status": "failed", "error": _describe(error)})
-    shutil.rmtree(work_dir, ignore_errors=True)
+    shutil.rmtree(job["work_dir"], ignore_errors=True)
     return results
 
 
@@ -282,6 +314,16 @@ def _install_offline_weights(backbone: str | None) -> None:
         install_into_hf_cache(backbone, cache_dir=os.environ.get("HF_HUB_CACHE"))
 
 
+def device_name(job: dict[str, Any]) -> str:
+    """What the job trained on: the GPU's name, or ``cpu, N threads``."""
+    if job.get("accelerator", "cpu") != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    return f"cpu, {job.get('threads', 1)} threads"
+
+
 def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Run one job in this process; never raises: an exception becomes a failed result for every row."""
     exact_peak = reset_peak_rss()
@@ -290,7 +332,10 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         _install_offline_weights(job.get("install_offline_weights"))
         runner_path = job["model"].get("runner")
-        runner = _import(runner_path) if runner_path else engine_runner
+        if runner_path:
+            runner = _import(runner_path)
+        else:
+            runner = calibration_runner if job.get("kind") == "calibration" else engine_runner
         results = list(runner(job))
     except Exception as error:  # recorded; the worker goes on
         traceback.print_exc()
@@ -298,8 +343,10 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_seconds = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
-    peak = peak_rss_mb()
+    peak = peak_rss_mib()
+    device = device_name(job)
     by_key = {result["key"]: result for result in results}
+    budget = job.get("budget") or {}
     completed = []
     for row in job["rows"]:
         result = by_key.get(row["key"]) or {
@@ -316,8 +363,11 @@ def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
                 "job_cpu_s": cpu_seconds,
                 "peak_rss_mb": peak,
                 "peak_rss_exact": exact_peak,
+                "device": device,
                 "config_hash": row["config_hash"],
                 "manifest": row["manifest"],
+                # A budgeted job: the calibration its epoch count came from.
+                **{key: budget[key] for key in ("t_first_s", "t_epoch_s") if key in budget},
             }
         )
     return completed

@@ -69,6 +69,18 @@ def crash(job):
     if job["category"] == "grass":
         os._exit(3)  # a hard crash: the worker process dies
     return _metrics(job)
+
+
+def budgeted(job):
+    """Calibration: first epoch 10 s, later epochs 5 s; a budgeted cell reports the epochs it was given."""
+    _count(job)
+    if job["kind"] == "calibration":
+        if job["category"] == os.environ.get("BENCH_STUB_FAIL_CALIBRATION"):
+            raise RuntimeError("stub calibration failure")
+        row = job["rows"][0]
+        return [{"key": row["key"], "status": "ok", "t_first_s": 10.0, "t_epoch_s": 5.0, "epoch_s": [10.0, 5.0]}]
+    epochs = job["model"]["max_epochs"]
+    return [{**result, "epochs": epochs, "train_s": 10.0 + 5.0 * (epochs - 1)} for result in _metrics(job)]
 '''
 
 
@@ -204,6 +216,69 @@ def test_progress_lines_show_index_total_and_eta(
     assert "[2/2] bgad grass seed0" in out
 
 
+def write_budget_suite(tmp_path: Path, budgets: list[float]) -> Path:
+    """The stub grid with training-time budgets for BGAD and a PatchCore stub at its own training time."""
+    suite = write_suite(tmp_path, "bench_stub:good", report="time_to_accuracy")
+    data = yaml.safe_load(suite.read_text())
+    data["models"] = {
+        "bgad": {"label": "BGAD", "runner": "bench_stub:budgeted", "train_anomalies": True, "budgets_s": budgets},
+        "patchcore": {"label": "PatchCore", "runner": "bench_stub:good"},
+    }
+    data["time_to_accuracy"] = {"compare_to": "patchcore"}
+    suite.write_text(yaml.safe_dump(data))
+    return suite
+
+
+def test_budgets_become_epochs_through_a_calibration_run_first(
+    tmp_path: Path, stub_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = write_budget_suite(tmp_path, [12, 30])
+    assert run(tmp_path, suite, "--list") == 0
+    # 2 budgets x 2 categories x 12 s and 30 s
+    assert "Budgeted training: 1m24s in all, 1m24s still to run; not included: 2 calibration job(s)" in (
+        capsys.readouterr().out
+    )
+    assert calls(stub_env) == []
+    assert run(tmp_path, suite) == 0
+    assert calls(stub_env)[:2] == [
+        "bgad__brick__multi_class_n10__seed0__calibration",
+        "bgad__grass__multi_class_n10__seed0__calibration",
+    ]
+    assert len(calls(stub_env)) == 2 + 4 + 2
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    cells = results[(results.model == "bgad") & (results.kind == "cell")].set_index(["category", "budget_s"])
+    # Calibration: first epoch 10 s, later epochs 5 s -> 12 s: 1 + floor(2 / 5) = 1 epoch; 30 s: 1 + 4 = 5 epochs.
+    assert cells.loc[("brick", 12), "epochs"] == 1 and cells.loc[("grass", 30), "epochs"] == 5
+    assert cells.loc[("grass", 30), "train_s"] == 30 and cells["t_first_s"].eq(10).all()
+    calibrations = results[results.kind == "calibration"]
+    assert len(calibrations) == 2 and calibrations["t_epoch_s"].eq(5).all()
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| BGAD | brick | cpu, 1 threads | 10.0 | 5.0 | 10.0, 5.0 | 12 s: 1, 30 s: 5 |" in markdown
+    assert "| BGAD | 30 s | 5 | 30 ± 0 | 1/1 | 0.850 | 0.750 | 0.650 | — | — | tie +0.000 / tie +0.000 |" in markdown
+
+    # Resume: nothing to do. A new budget runs only its own cells, with the stored calibration.
+    assert run(tmp_path, suite) == 0
+    assert len(calls(stub_env)) == 8
+    assert run(tmp_path, write_budget_suite(tmp_path, [12, 30, 60])) == 0
+    assert calls(stub_env)[8:] == [
+        "bgad__brick__multi_class_n10__seed0__budget60s",
+        "bgad__grass__multi_class_n10__seed0__budget60s",
+    ]
+
+
+def test_a_failed_calibration_fails_only_its_budgeted_cells(
+    tmp_path: Path, stub_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_STUB_FAIL_CALIBRATION", "grass")
+    assert run(tmp_path, write_budget_suite(tmp_path, [12])) == 1
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("key")
+    failed = results.loc["bgad|grass|multi_class_n10|seed0|budget12s"]
+    assert failed["status"] == "failed"
+    assert "the calibration of bgad on grass failed: RuntimeError: stub calibration failure" in failed["error"]
+    assert results.loc["bgad|brick|multi_class_n10|seed0|budget12s", "status"] == "ok"
+    assert "bgad__grass__multi_class_n10__seed0__budget12s" not in calls(stub_env), "nothing to train without epochs"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------------------------
@@ -264,44 +339,30 @@ def test_format_cell_and_verdict() -> None:
     assert report.verdict(0.003, 0.0) == "tie"
 
 
+def cell(model: str, seed: int, value: float, **fields) -> dict:
+    """A successful brick cell of ``results.csv`` (multi-class, 10 anomalies) whose three metrics are ``value``."""
+    row = {"model": model, "category": "brick", "setting": "multi_class", "n_anomalies": 10, "seed": seed}
+    row |= {"status": "ok", **dict.fromkeys(report.METRICS, value), **fields}
+    return {"key": "|".join(str(v) for v in row.values()), **row}
+
+
+def as_frame(tmp_path: Path, rows: list[dict]) -> pd.DataFrame:
+    """Write ``rows`` as ``results.csv`` and read it back as the report does."""
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    return report.read_results(tmp_path / "results.csv")
+
+
 def test_sweep_and_one_class_tables_and_plots(tmp_path: Path) -> None:
     rows = []
     for seed in (0, 1):
         for n in (0, 5, 10):
-            for model, value in (("bgad", 0.7 + 0.02 * n), ("nfad", 0.8)):
-                rows.append(
-                    {
-                        "key": f"{model}{n}{seed}",
-                        "model": model,
-                        "category": "brick",
-                        "setting": "multi_class",
-                        "seen_defect_type": None,
-                        "n_anomalies": n,
-                        "seed": seed,
-                        "status": "ok",
-                        "image_AUROC": value,
-                        "pixel_AUROC": value,
-                        "pixel_AUPRO": value,
-                    }
-                )
+            rows += [
+                cell(model, seed, value, n_anomalies=n) for model, value in (("bgad", 0.7 + 0.02 * n), ("nfad", 0.8))
+            ]
         for model, value in (("bgad", 0.85), ("nfad", 0.9)):
-            rows.append(
-                {
-                    "key": f"{model}oc{seed}",
-                    "model": model,
-                    "category": "brick",
-                    "setting": "one_class",
-                    "seen_defect_type": "crack",
-                    "n_anomalies": 10,
-                    "seed": seed,
-                    "status": "ok",
-                    "image_AUROC": value + 0.01 * seed,
-                    "pixel_AUROC": value,
-                    "pixel_AUPRO": value,
-                }
-            )
-    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    frame = report.read_results(tmp_path / "results.csv")
+            one_class = {"setting": "one_class", "seen_defect_type": "crack", "image_AUROC": value + 0.01 * seed}
+            rows.append(cell(model, seed, value, **one_class))
+    frame = as_frame(tmp_path, rows)
     suite = {
         "suite": "s",
         "dataset": {"categories": ["brick"]},
@@ -319,25 +380,10 @@ def test_sweep_and_one_class_tables_and_plots(tmp_path: Path) -> None:
 
 
 def test_sweep_zero_point_can_come_from_an_identically_trained_model(tmp_path: Path) -> None:
-    rows = []
-    for seed in (0, 1):
-        for model, n, value in (("bgad_wo", 0, 0.6), ("bgad", 5, 0.7), ("bgad", 10, 0.8), ("bgad_wo", 10, 0.65)):
-            rows.append(
-                {
-                    "key": f"{model}{n}{seed}",
-                    "model": model,
-                    "category": "brick",
-                    "setting": "multi_class",
-                    "n_anomalies": n,
-                    "seed": seed,
-                    "status": "ok",
-                    "image_AUROC": value,
-                    "pixel_AUROC": value,
-                    "pixel_AUPRO": value,
-                }
-            )
-    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    frame = report.read_results(tmp_path / "results.csv")
+    points = (("bgad_wo", 0, 0.6), ("bgad", 5, 0.7), ("bgad", 10, 0.8), ("bgad_wo", 10, 0.65))
+    frame = as_frame(
+        tmp_path, [cell(model, seed, value, n_anomalies=n) for seed in (0, 1) for model, n, value in points]
+    )
     suite = {
         "suite": "s",
         "dataset": {"categories": ["brick"]},
@@ -450,31 +496,40 @@ def test_eta_uses_per_model_durations() -> None:
 # ------------------------------------------------------------------------------------------------------------
 # End to end with real anomalib models (slow)
 # ------------------------------------------------------------------------------------------------------------
+# A paper-protocol suite shrunk to the tiny tree: offline backbone, 64 px, one seed, a 2-block BGAD for one epoch.
+TINY_OVERRIDES = (
+    "backbone=tf_efficientnet_lite0",
+    "offline=true",
+    "accelerator=cpu",
+    "threads=1",
+    "image_size=64",
+    "seeds=[0]",
+    "dataset.args.num_workers=0",
+    "settings.multi_class.n_anomalies=2",
+    "models.bgad.max_epochs=1",
+    "models.bgad.init_args.phase1_epochs=0",
+    "models.bgad.init_args.coupling_blocks=2",
+)
+
+
+def cli(config: Path, tmp_path: Path, overrides: tuple[str, ...] | list[str], *extra: str) -> list[str]:
+    """``benchmarks.run`` arguments: the suite, output and scratch folders in ``tmp_path``, ``--set`` overrides."""
+    args = ["--config", str(config), "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), *extra]
+    return args + [arg for item in overrides for arg in ("--set", item)]
+
+
 @pytest.mark.slow
 def test_mvtec_suite_wiring_on_a_tiny_tree(tmp_path: Path, tiny_mvtec_root: Path) -> None:
     """The paper-protocol suite, pointed at a tiny tree with the offline backbone: trains, tests, resumes."""
     overrides = [
-        "backbone=tf_efficientnet_lite0",
-        "offline=true",
-        "accelerator=cpu",
-        "threads=1",
-        "image_size=64",
-        "seeds=[0]",
+        *TINY_OVERRIDES,
         "dataset.categories=[brick]",
-        "dataset.args.num_workers=0",
         "dataset.args.train_batch_size=8",
         "dataset.args.eval_batch_size=8",
-        "settings.multi_class.n_anomalies=2",
         "settings.one_class={n_anomalies: 2, seen_defect_types: [crack]}",
         "settings.sweep.n_anomalies=[0, 2]",
-        "models.bgad.max_epochs=1",
-        "models.bgad.init_args.phase1_epochs=0",
-        "models.bgad.init_args.coupling_blocks=2",
     ]
-    args = ["--config", str(SUITES / "mvtec.yaml"), "--root", str(tiny_mvtec_root), "--models", "bgad,padim"]
-    args += ["--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
-    for item in overrides:
-        args += ["--set", item]
+    args = cli(SUITES / "mvtec.yaml", tmp_path, overrides, "--root", str(tiny_mvtec_root), "--models", "bgad,padim")
     assert main(args) == 0
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(results["status"]) == {"ok"}
@@ -522,22 +577,8 @@ def test_btad_suite_wiring_on_a_tiny_tree(tmp_path: Path, tiny_mvtec_root: Path)
     root = make_tiny_btad(tiny_mvtec_root, tmp_path / "btad")
     suite = load_suite(SUITES / "btad.yaml")
     assert "one_class" not in suite["settings"]
-    args = ["--config", str(SUITES / "btad.yaml"), "--root", str(root), "--models", "bgad", "--categories", "01"]
-    args += ["--settings", "multi_class", "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
-    for item in (
-        "backbone=tf_efficientnet_lite0",
-        "offline=true",
-        "accelerator=cpu",
-        "threads=1",
-        "image_size=64",
-        "seeds=[0]",
-        "dataset.args.num_workers=0",
-        "settings.multi_class.n_anomalies=2",
-        "models.bgad.max_epochs=1",
-        "models.bgad.init_args.phase1_epochs=0",
-        "models.bgad.init_args.coupling_blocks=2",
-    ):
-        args += ["--set", item]
+    extra = ["--root", str(root), "--models", "bgad", "--categories", "01", "--settings", "multi_class"]
+    args = cli(SUITES / "btad.yaml", tmp_path, TINY_OVERRIDES, *extra)
     assert main([*args, "--no-plots"]) == 0
     (row,) = pd.read_csv(tmp_path / "out" / "results.csv").to_dict("records")
     assert row["status"] == "ok" and row["n_train_anomalies"] == 2
@@ -556,13 +597,13 @@ def test_module_docstring_explains_the_engine_choice() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="peak RSS reset needs /proc")
 def test_peak_rss_reset_is_per_job() -> None:
-    from benchmarks.worker import peak_rss_mb, reset_peak_rss
+    from benchmarks.memory import peak_rss_mib, reset_peak_rss
 
     assert reset_peak_rss()
-    before = peak_rss_mb()
+    before = peak_rss_mib()
     block = bytearray(200 * 1024 * 1024)
     block[::4096] = b"x" * len(block[::4096])
-    assert peak_rss_mb() > before + 150
+    assert peak_rss_mib() > before + 150
     del block
     assert reset_peak_rss()
-    assert peak_rss_mb() < before + 100
+    assert peak_rss_mib() < before + 100
