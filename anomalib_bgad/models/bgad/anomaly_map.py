@@ -34,6 +34,8 @@ from torch import nn
 
 from .boundary import Boundary
 
+LEVEL_AGGREGATIONS = ("mean", "max", "probability")
+
 
 class AnomalyMapGenerator(nn.Module):
     """Turn per-level normalised log-likelihood maps into an anomaly map.
@@ -41,10 +43,21 @@ class AnomalyMapGenerator(nn.Module):
     Args:
         sigma (float): Standard deviation of the Gaussian smoothing, in pixels of the input image.
             ``0`` disables smoothing. Defaults to ``4``.
+        level_aggregation (str): How the upsampled per-level distances ``d_k = b_n,k - ln_k`` combine:
+            ``"mean"`` (default), ``"max"``, or ``"probability"``: the mean of ``1 - exp(-alpha * max(d_k, 0))``,
+            the authors' likelihood-ratio aggregation (per level ``exp(l)``, summed, subtracted from a constant)
+            taken relative to each level's boundary instead of the test set's maximum, so it stays per image.
+
+    Raises:
+        ValueError: For an unknown ``level_aggregation``.
     """
 
-    def __init__(self, sigma: float = 4.0) -> None:
+    def __init__(self, sigma: float = 4.0, level_aggregation: str = "mean") -> None:
         super().__init__()
+        if level_aggregation not in LEVEL_AGGREGATIONS:
+            msg = f"level_aggregation must be one of {', '.join(LEVEL_AGGREGATIONS)}; got {level_aggregation!r}."
+            raise ValueError(msg)
+        self.level_aggregation = level_aggregation
         self.blur: nn.Module | None = None
         if sigma > 0:
             self.blur = GaussianBlur2d(sigma=sigma, channels=1, kernel_size=2 * math.ceil(3 * sigma) + 1)
@@ -65,16 +78,16 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             torch.Tensor: Anomaly map of shape ``(B, 1, H, W)``.
         """
-        anomaly_map = None
+        levels = []
         for level, log_likelihood in enumerate(normalized_log_likelihoods):
-            distance = F.interpolate(
-                boundary.distance(level, log_likelihood).unsqueeze(1),
-                size=tuple(image_size),
-                mode="bilinear",
-                align_corners=False,
-            )
-            anomaly_map = distance if anomaly_map is None else anomaly_map + distance
-        anomaly_map = anomaly_map / len(normalized_log_likelihoods)
+            distance = boundary.distance(level, log_likelihood)
+            if self.level_aggregation == "probability":
+                distance = 1 - torch.exp(-boundary.normalizer * distance.clamp(min=0))
+            levels.append(F.interpolate(distance.unsqueeze(1), size=tuple(image_size), mode="bilinear"))
+        if self.level_aggregation == "max":
+            anomaly_map = torch.stack(levels).amax(dim=0)
+        else:
+            anomaly_map = torch.stack(levels).mean(dim=0)
         return self.smooth(anomaly_map) if self.blur is not None else anomaly_map
 
     def smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,9 @@ class Bgad(AnomalibModule):
         clamp_alpha (float): Affine clamping. Defaults to ``1.9``.
         permute_soft (bool): Soft permutations in the flows. Defaults to ``True``.
         sigma (float): Gaussian smoothing of the anomaly map (pixels); 0 disables. Defaults to ``4``.
+        level_aggregation (str): How the levels combine in the anomaly map: ``"mean"``, ``"max"`` or
+            ``"probability"`` (:mod:`.anomaly_map`). Scoring only: any value loads any checkpoint. Defaults to
+            ``"mean"``.
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
         cache_features (bool): Compute each training image's backbone features once and reuse them in later
             epochs (:mod:`.feature_cache`). Defaults to ``True``.
@@ -138,6 +141,7 @@ class Bgad(AnomalibModule):
         clamp_alpha: float = 1.9,
         permute_soft: bool = True,
         sigma: float = 4.0,
+        level_aggregation: str = "mean",
         gradient_clip_norm: float = 1.0,
         cache_features: bool = True,
         nonfinite_patience: int = 10,
@@ -170,6 +174,7 @@ class Bgad(AnomalibModule):
             tau=tau,
             normalizer=normalizer,
             sigma=sigma,
+            level_aggregation=level_aggregation,
         )
         self.loss = BgadLoss(mode=loss_mode, bgspp_weight=bgspp_weight, focal_weighting=focal_weighting)
         self.phase1_epochs = phase1_epochs

@@ -51,6 +51,8 @@ class BgadModel(nn.Module):
         tau (float): Margin ``b_n - b_a``. Defaults to ``0.1`` (paper).
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
         sigma (float): Gaussian smoothing of the anomaly map, in pixels; 0 disables. Defaults to ``4``.
+        level_aggregation (str): How the levels' distances combine in the anomaly map (:mod:`.anomaly_map`).
+            Defaults to ``"mean"``.
 
     Raises:
         ValueError: For a ``condition_vector`` that is not a multiple of 4, or an invalid ``beta``/``normalizer``.
@@ -69,6 +71,7 @@ class BgadModel(nn.Module):
         tau: float = 0.1,
         normalizer: float = 10.0,
         sigma: float = 4.0,
+        level_aggregation: str = "mean",
     ) -> None:
         super().__init__()
         self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained=pre_trained)
@@ -80,7 +83,7 @@ class BgadModel(nn.Module):
             ]
         )
         self.boundary = Boundary(len(self.flows), beta=beta, tau=tau, normalizer=normalizer)
-        self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma)
+        self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma, level_aggregation=level_aggregation)
         self._register_load_state_dict_pre_hook(self._map_legacy_state)
 
     @staticmethod

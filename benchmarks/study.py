@@ -1,0 +1,329 @@
+"""A study: training configurations x scoring variants x categories x seeds x settings, one table at the end.
+
+Where the benchmark suites (:mod:`benchmarks.run`) compare finished models, a study compares *choices*: the
+training schedule behind BGAD's defaults, the score, the features, the push on seen defect types. Every cell
+trains one configuration once on one split and scores it with every scoring variant of the configuration
+(scoring variants change only how the anomaly map is computed, so they share the trained weights).
+
+Usage::
+
+    python -m benchmarks.study --config benchmarks/studies/defaults.yaml                 # CPU, one cell at a time
+    python -m benchmarks.study --config ... --set accelerator=gpu --set parallel=12      # on a GPU
+    python -m benchmarks.study --config ... --report-only                                # tables from results.csv
+
+Splits are made once per (category, seed, setting) before any cell runs, written as split manifests and
+replayed by every configuration, so all of them train and test on the same images. Results are appended to
+``results.csv`` as cells finish (a study cut short keeps what it measured); ``results.md`` gives, per setting,
+configuration and scoring, the mean over categories with the standard deviation over seeds, and per category.
+Metrics are anomalib's AUROC/AUPRO on the raw predictions (:func:`benchmarks.worker.compute_metrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.report import mean_std
+from benchmarks.worker import METRICS
+
+COLUMNS = (
+    "config",
+    "scoring",
+    "setting",
+    "category",
+    "seed",
+    "status",
+    *METRICS,
+    "epochs",
+    "train_s",
+    "test_s",
+    "device",
+    "error",
+)
+
+
+def _set(config: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
+    path, _, text = assignment.partition("=")
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = yaml.safe_load(text)
+
+
+def load_study(path: str | Path, assignments: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a study YAML and apply ``--set`` assignments.
+
+    Raises:
+        ValueError: If a configuration names a setting the study does not define.
+    """
+    study = yaml.safe_load(Path(path).read_text())
+    for assignment in assignments:
+        _set(study, assignment)
+    for name, config in study["configs"].items():
+        unknown = set(config.get("settings", study["settings"])) - set(study["settings"])
+        if unknown:
+            msg = f"config '{name}' names unknown settings {sorted(unknown)}; defined: {sorted(study['settings'])}."
+            raise ValueError(msg)
+    return study
+
+
+def split_rows(study: dict[str, Any], output: Path) -> list[dict[str, Any]]:
+    """One row per (setting, category, seed): the split every configuration replays."""
+    rows = []
+    for setting, spec in study["settings"].items():
+        for category in study["dataset"]["categories"]:
+            for seed in study["seeds"]:
+                seen = (spec.get("seen_defect_types") or {}).get(category, [None])[0]
+                rows.append(
+                    {
+                        "setting": "one_class" if seen else "multi_class",
+                        "study_setting": setting,
+                        "category": category,
+                        "seed": seed,
+                        "n_anomalies": spec["n_anomalies"],
+                        "seen_defect_type": seen,
+                        "manifest": str(output / "splits" / setting / category / f"seed{seed}.json"),
+                    }
+                )
+    return rows
+
+
+def _job(study: dict[str, Any], config_name: str, row: dict[str, Any], work: Path) -> dict[str, Any]:
+    config = study["configs"][config_name]
+    return {
+        "model": {
+            "class_path": config.get("class_path", "anomalib_bgad.Bgad"),
+            "init_args": config.get("init_args", {}),
+            "train_anomalies": config.get("train_anomalies", True),
+            "datamodule_args": config.get("datamodule_args", {}),
+            "max_epochs": config.get("max_epochs", 1),
+        },
+        "scorings": config.get("scorings", {"default": {}}),
+        "dataset": study["dataset"],
+        "image_size": study["image_size"],
+        "accelerator": study.get("accelerator", "cpu"),
+        "threads": study.get("threads", 2),
+        "seed": row["seed"],
+        "category": row["category"],
+        "rows": [row],
+        "work_dir": str(work / f"{config_name}-{row['study_setting']}-{row['category']}-{row['seed']}"),
+        "config": config_name,
+    }
+
+
+def make_splits(study: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write every split manifest once (the datamodule writes it at ``setup``), before any cell runs."""
+    from benchmarks.worker import build_datamodule
+
+    for row in rows:
+        if not Path(row["manifest"]).is_file():
+            job = {"dataset": study["dataset"], "model": {}, "seed": row["seed"], "category": row["category"]}
+            build_datamodule(job, row).setup()
+
+
+def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train one configuration on one split, then score it with each of its scoring variants."""
+    import shutil
+
+    import torch
+
+    from benchmarks.epoch_clock import EpochClock
+    from benchmarks.worker import _start_training, build_engine, compute_metrics, device_name
+
+    row = job["rows"][0]
+    base = {"config": job["config"], "setting": row["study_setting"], "category": row["category"], "seed": row["seed"]}
+    try:
+        model, datamodule = _start_training(job)
+        clock = EpochClock()
+        engine = build_engine(job["accelerator"], int(job["model"]["max_epochs"]), Path(job["work_dir"]), [clock])
+        start = time.perf_counter()
+        engine.fit(model, datamodule=datamodule)
+        train_seconds = time.perf_counter() - start
+    except Exception as error:  # noqa: BLE001 (a failed cell is recorded, the study goes on)
+        return [{**base, "scoring": name, "status": "failed", "error": repr(error)[:500]} for name in job["scorings"]]
+    results = []
+    for name, scoring in job["scorings"].items():
+        try:
+            if scoring:
+                from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
+
+                generator = model.model.anomaly_map_generator
+                options = {"sigma": 4.0, "level_aggregation": generator.level_aggregation, **scoring}
+                model.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(model.device)
+            start = time.perf_counter()
+            predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
+            metrics = compute_metrics(predictions)
+            results.append(
+                {
+                    **base,
+                    "scoring": name,
+                    "status": "ok",
+                    **{metric: metrics[metric] for metric in METRICS},
+                    "epochs": len(clock.ends),
+                    "train_s": round(train_seconds, 2),
+                    "test_s": round(time.perf_counter() - start, 2),
+                    "device": device_name(job),
+                }
+            )
+        except Exception as error:  # noqa: BLE001
+            results.append({**base, "scoring": name, "status": "failed", "error": repr(error)[:500]})
+    del model, engine
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    shutil.rmtree(job["work_dir"], ignore_errors=True)
+    return results
+
+
+def _init_worker(environment: dict[str, str]) -> None:
+    os.environ.update(environment)
+
+
+def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
+    """Run every cell not yet in ``results.csv`` (ok), ``parallel`` at a time, appending rows as they finish."""
+    output.mkdir(parents=True, exist_ok=True)
+    work = Path(study.get("work_dir", "results/studies")) / study["study"]
+    root = Path(study["dataset"]["root"])
+    if not root.exists() and "embedded" in study["dataset"]:
+        from anomalib_bgad.embedded import generate_embedded_dataset
+
+        generate_embedded_dataset(root, categories=study["dataset"]["categories"], **study["dataset"]["embedded"])
+    rows = split_rows(study, output)
+    make_splits(study, rows)
+    results_csv = output / "results.csv"
+    done = {
+        (r["config"], r["setting"], r["category"], str(r["seed"]))
+        for r in read_results(results_csv)
+        if r["status"] == "ok"
+    }
+    jobs = [
+        _job(study, name, row, work)
+        for name, config in study["configs"].items()
+        for row in rows
+        if row["study_setting"] in config.get("settings", study["settings"])
+        and (name, row["study_setting"], row["category"], str(row["seed"])) not in done
+    ]
+    print(f"[study] {len(jobs)} cells to run, {parallel} at a time", flush=True)
+    environment = {"OMP_NUM_THREADS": str(study.get("threads", 2)), "HF_HUB_OFFLINE": "1"}
+    new_file = not results_csv.exists()
+    with (
+        results_csv.open("a", newline="") as handle,
+        ProcessPoolExecutor(parallel, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(environment,))
+        as pool,
+    ):
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        futures = {pool.submit(run_cell, job): job for job in jobs}
+        for count, future in enumerate(as_completed(futures), start=1):
+            job = futures[future]
+            try:
+                records = future.result()
+            except Exception as error:  # noqa: BLE001 (a crashed worker fails its cell only)
+                row = job["rows"][0]
+                records = [
+                    {"config": job["config"], "scoring": name, "setting": row["study_setting"],
+                     "category": row["category"], "seed": row["seed"], "status": "failed", "error": repr(error)}
+                    for name in job["scorings"]
+                ]  # fmt: skip
+            writer.writerows(records)
+            handle.flush()
+            summary = ", ".join(
+                f"{r['scoring']} {r.get('image_AUROC', math.nan):.3f}/{r.get('pixel_AUROC', math.nan):.3f}/"
+                f"{r.get('pixel_AUPRO', math.nan):.3f}" if r["status"] == "ok" else f"{r['scoring']} FAILED"
+                for r in records
+            )
+            print(f"[study] {count}/{len(jobs)} {job['config']} {job['category']} seed {job['seed']}: {summary}", flush=True)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``results.csv`` (empty when it does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """Markdown: per setting, configuration and scoring the mean over categories (± std over seeds), per category."""
+    ok = [r for r in results if r["status"] == "ok"]
+    lines = [f"# {study.get('title', study['study'])}", "", f"Command: `{study.get('command', '')}`", ""]
+    if study.get("description"):
+        lines += [study["description"].strip(), ""]
+    categories = study["dataset"]["categories"]
+    for setting in study["settings"]:
+        rows = [r for r in ok if r["setting"] == setting]
+        if not rows:
+            continue
+        lines += [f"## {setting}", ""]
+        header = "| config | scoring | epochs | train s | " + " | ".join(METRICS) + " | "
+        header += " | ".join(f"{c} {m}" for c in categories for m in ("img", "pix", "pro")) + " | cells |"
+        lines += [header, "|" + "---|" * (4 + len(METRICS) + 3 * len(categories) + 1)]
+        keys = sorted({(r["config"], r["scoring"]) for r in rows}, key=lambda k: (list(study["configs"]).index(k[0]), k[1]))
+        for config, scoring in keys:
+            cells = [r for r in rows if r["config"] == config and r["scoring"] == scoring]
+            seeds = sorted({r["seed"] for r in cells})
+            metric_text = []
+            for metric in METRICS:
+                seed_means = [
+                    sum(float(r[metric]) for r in cells if r["seed"] == seed) / sum(1 for r in cells if r["seed"] == seed)
+                    for seed in seeds
+                ]
+                mean, std, _ = mean_std(seed_means)
+                metric_text.append(f"{mean:.3f} ± {std:.3f}")
+            per_category = []
+            for category in categories:
+                for metric in METRICS:
+                    values = [float(r[metric]) for r in cells if r["category"] == category]
+                    per_category.append(f"{sum(values) / len(values):.3f}" if values else "")
+            epochs = sorted({r["epochs"] for r in cells})
+            train = sum(float(r["train_s"]) for r in cells) / len(cells)
+            lines.append(
+                f"| {config} | {scoring} | {'/'.join(epochs)} | {train:.0f} | "
+                + " | ".join(metric_text + per_category)
+                + f" | {len(cells)} |"
+            )
+        lines.append("")
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        lines += ["## Failed cells", ""]
+        lines += [f"- {r['config']} / {r['scoring']} / {r['setting']} / {r['category']} / seed {r['seed']}: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="study YAML (benchmarks/studies/*.yaml)")
+    parser.add_argument("--output", help="results folder (default: benchmarks/results/<study>)")
+    parser.add_argument("--set", action="append", default=[], help="override a study key, e.g. accelerator=gpu")
+    parser.add_argument("--configs", help="comma-separated configurations to run (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="write results.md from results.csv")
+    args = parser.parse_args(argv)
+    study = load_study(args.config, args.set)
+    if args.configs:
+        wanted = args.configs.split(",")
+        study["configs"] = {name: config for name, config in study["configs"].items() if name in wanted}
+    output = Path(args.output or Path("benchmarks/results") / study["study"])
+    if not args.report_only:
+        run_study(study, output, int(study.get("parallel", 1)))
+    report = render_report(study, read_results(output / "results.csv"))
+    (output / "results.md").write_text(report)
+    (output / "study.json").write_text(json.dumps(study, indent=2, default=str))
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
