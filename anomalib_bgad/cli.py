@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _make_dataset(args: argparse.Namespace) -> None:
-    from anomalib_bgad.data.embedded import generate_embedded_dataset
+    from anomalib_bgad.embedded import generate_embedded_dataset
 
     root = generate_embedded_dataset(
         args.root,

@@ -1,7 +1,7 @@
 """The main job: train and test BGAD on the embedded offline dataset, print metrics, write result images.
 
 For every category of the embedded dataset (real CC0 texture photographs with synthetic defects,
-see :mod:`anomalib_bgad.data.embedded`), 10 labeled anomalies are moved from the test split into
+see :mod:`anomalib_bgad.embedded`), 10 labeled anomalies are moved from the test split into
 training (multi-class setting, seeded), BGAD is trained through anomalib's ``Engine`` and tested on
 the remaining test images. anomalib's visualizer writes the anomaly-map images; a metrics table is
 printed and written as ``metrics.md``/``metrics.json`` in the output folder.
@@ -26,7 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.data import FewAnomalyMVTecAD
-from anomalib_bgad.data.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
+from anomalib_bgad.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
 from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME
 
 logger = logging.getLogger(__name__)

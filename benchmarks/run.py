@@ -468,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     embedded = suite["dataset"].get("embedded")
     if embedded and not args.list:
-        from anomalib_bgad.data.embedded import generate_embedded_dataset
+        from anomalib_bgad.embedded import generate_embedded_dataset
 
         print(f"Embedded dataset: generating/checking {suite['dataset']['root']} ({embedded}) ...", flush=True)
         generate_embedded_dataset(suite["dataset"]["root"], categories=suite["dataset"]["categories"], **embedded)

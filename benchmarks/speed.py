@@ -96,7 +96,7 @@ def versions() -> dict[str, str]:
 
 
 def make_dataset(root: Path, n_train: int) -> Path:
-    from anomalib_bgad.data.embedded import generate_embedded_dataset
+    from anomalib_bgad.embedded import generate_embedded_dataset
 
     return generate_embedded_dataset(
         root,

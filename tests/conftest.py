@@ -22,7 +22,7 @@ TINY_TREE = {"image_size": 64, "n_train": 6, "n_test_good": 3, "n_test_per_defec
 @pytest.fixture(scope="session")
 def tiny_mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MVTec-format tree with one category ``brick`` (64 px, 6 train, 3 good + 10 defective test images)."""
-    from anomalib_bgad.data.embedded import generate_embedded_dataset
+    from anomalib_bgad.embedded import generate_embedded_dataset
 
     return generate_embedded_dataset(tmp_path_factory.mktemp("tiny_mvtec"), categories=["brick"], **TINY_TREE)
 

@@ -1,20 +1,28 @@
-"""Tests for the embedded offline dataset generator (``anomalib_bgad.data.embedded``)."""
+"""Tests for the embedded offline dataset generator (``anomalib_bgad.embedded``)."""
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
-from anomalib_bgad.data import embedded
-from anomalib_bgad.data.embedded import (
+from anomalib_bgad.embedded import (
     EMBEDDED_CATEGORIES,
     EMBEDDED_DEFECT_TYPES,
+    VISIBILITY_CLASSES,
     generate_embedded_dataset,
+    measure_visibility,
     render_sample,
     source_region,
+    visibility,
+    writer,
 )
+from anomalib_bgad.embedded.defects import composite
+from anomalib_bgad.embedded.samples import apply_defect
+from anomalib_bgad.embedded.sources import load_source
 
 TINY = {"image_size": 64, "n_train": 6, "n_test_good": 3, "n_test_per_defect": 2}
 
@@ -63,7 +71,7 @@ def test_layout(tiny_root: Path) -> None:
             if png.parts[-3] == "ground_truth":
                 assert set(np.unique(array)) <= {0, 255}
                 assert array.max() == 255, f"empty mask {png}"
-        metadata = json.loads((folder / embedded.METADATA_FILENAME).read_text())
+        metadata = json.loads((folder / writer.METADATA_FILENAME).read_text())
         assert metadata["category"] == category
         assert metadata["seed"] == 0
 
@@ -133,7 +141,7 @@ def test_composite_changes_exactly_the_masked_pixels() -> None:
     opacity[8:24, 8:24] = 1.0
     opacity[8:24, 4:8] = 0.1  # below MASK_THRESHOLD: must stay untouched
     target = np.where(clean == 255, 300.0, -50.0).astype(np.float32)  # pushes beyond the uint8 range
-    defective, mask = embedded._composite(clean, opacity, target)
+    defective, mask = composite(clean, opacity, target)
     expected = np.zeros((32, 32), bool)
     expected[8:24, 8:24] = True
     np.testing.assert_array_equal(mask, expected)
@@ -144,7 +152,7 @@ def test_composite_changes_exactly_the_masked_pixels() -> None:
 
 def test_train_and_test_crops_come_from_disjoint_regions() -> None:
     """Train crops lie in the train columns, all test crops in the test columns, and these are disjoint."""
-    shape = embedded._load_source("brick").shape
+    shape = load_source("brick").shape
     train_first, train_end = source_region("train", shape)
     test_first, test_end = source_region("test", shape)
     assert (train_first, test_end) == (0, shape[1])
@@ -177,7 +185,7 @@ def test_categories_are_independent_of_order_and_selection(tmp_path: Path, tiny_
     """A category's files do not depend on which other categories are generated or in which order."""
     reordered = generate_embedded_dataset(tmp_path / "reordered", categories=["gravel", "brick"], **TINY)
     alone = generate_embedded_dataset(tmp_path / "alone", categories="brick", **TINY)
-    assert sorted(p.name for p in reordered.iterdir()) == ["brick", "gravel"]
+    assert sorted(p.name for p in reordered.iterdir()) == ["README.md", "brick", "gravel"]
     assert _files(alone / "brick") == _files(tiny_root / "brick") == _files(reordered / "brick")
     assert _files(reordered / "gravel") == _files(tiny_root / "gravel")
 
@@ -251,8 +259,8 @@ def test_existing_tree_with_other_parameters_needs_overwrite(tmp_path: Path) -> 
     generate_embedded_dataset(tmp_path, categories=["brick"], overwrite=True, **{**TINY, "n_train": 7})
     assert not marker.exists()
     assert len(list((tmp_path / "brick" / "train" / "good").iterdir())) == 7
-    assert json.loads((tmp_path / "brick" / embedded.METADATA_FILENAME).read_text())["n_train"] == 7
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["brick"]
+    assert json.loads((tmp_path / "brick" / writer.METADATA_FILENAME).read_text())["n_train"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "brick"]
 
 
 def test_foreign_folder_is_not_replaced_but_empty_folder_is_used(tmp_path: Path) -> None:
@@ -264,12 +272,12 @@ def test_foreign_folder_is_not_replaced_but_empty_folder_is_used(tmp_path: Path)
         generate_embedded_dataset(tmp_path, categories=["brick"], **TINY)
     assert (tmp_path / "brick" / "notes.txt").read_text() == "mine"
     generate_embedded_dataset(tmp_path, categories=["grass"], **TINY)
-    assert (tmp_path / "grass" / embedded.METADATA_FILENAME).is_file()
+    assert (tmp_path / "grass" / writer.METADATA_FILENAME).is_file()
 
 
 def _fail_after(monkeypatch: pytest.MonkeyPatch, n_calls: int) -> None:
-    """Make ``_write_png`` raise after ``n_calls`` successful writes."""
-    real_write = embedded._write_png
+    """Make ``write_png`` raise after ``n_calls`` successful writes."""
+    real_write = writer.write_png
     calls = {"n": 0}
 
     def flaky_write(path: Path, image: np.ndarray) -> None:
@@ -279,7 +287,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, n_calls: int) -> None:
             raise OSError(msg)
         real_write(path, image)
 
-    monkeypatch.setattr(embedded, "_write_png", flaky_write)
+    monkeypatch.setattr(writer, "write_png", flaky_write)
 
 
 def test_interrupted_generation_leaves_no_partial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,7 +310,7 @@ def test_interrupted_overwrite_keeps_the_old_tree(tmp_path: Path, monkeypatch: p
     with pytest.raises(OSError, match="disk full"):
         generate_embedded_dataset(tmp_path, categories=["brick"], seed=1, overwrite=True, **TINY)
     assert _files(tmp_path / "brick") == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["brick"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "brick"]
 
 
 def test_failed_rename_while_overwriting_restores_the_old_tree(
@@ -325,4 +333,99 @@ def test_failed_rename_while_overwriting_restores_the_old_tree(
         generate_embedded_dataset(tmp_path, categories=["brick"], seed=1, overwrite=True, **TINY)
     monkeypatch.undo()
     assert _files(tmp_path / "brick") == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["brick"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "brick"]
+
+
+def _independent_visibility(image: np.ndarray, clean: np.ndarray, mask: np.ndarray, width: int) -> float:
+    """The README's visibility ``V``, computed with scipy's exact distance transform (not the generator's cv2 one)."""
+    ring = (ndimage.distance_transform_edt(~mask) <= width) & ~mask
+    surrounding = image[ring].astype(np.float64)
+    inside = image[mask].astype(np.float64).mean()
+    step = min(abs(inside - surrounding.mean()), abs(inside - clean[mask].astype(np.float64).mean()))
+    return step / max(surrounding.std(), visibility.TEXTURE_STD_FLOOR)
+
+
+@pytest.mark.parametrize("category", EMBEDDED_CATEGORIES)
+def test_visibility_rule_holds_at_256px(category: str) -> None:
+    """At the benchmark resolution every defect meets its class's visibility range and its type's area range.
+
+    Indices 0-2 are ``clear`` and 3 is ``subtle``; ``V`` is recomputed independently of the generator.
+    """
+    for defect in EMBEDDED_DEFECT_TYPES:
+        for index in range(4):
+            sample = render_sample(category, "test", defect, index, seed=0, image_size=256)
+            expected_class = "subtle" if index == 3 else "clear"
+            assert sample.visibility_class == expected_class
+            low, high = VISIBILITY_CLASSES[expected_class]
+            value = _independent_visibility(sample.image, sample.clean, sample.mask, width=8)
+            assert low <= value <= high, (category, defect, index, value)
+            assert value == pytest.approx(sample.visibility.value, abs=1e-6)
+            min_area, max_area = visibility.DEFECT_AREA_RANGE[defect]
+            assert min_area <= sample.mask.sum() <= max_area
+            np.testing.assert_array_equal(sample.image != sample.clean, sample.mask)
+
+
+def test_measure_visibility_is_the_smaller_step() -> None:
+    """``V`` is the smaller of the step against the ring and the step against the clean surface, per floored std."""
+    clean = np.full((64, 64), 100, np.uint8)
+    clean[20:30, 20:30] = 60  # a shadow under the defect
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 20:30] = True
+    image = clean.copy()
+    image[mask] = 50  # darkens the shadow a little: far from the ring, close to what was there
+    seen = measure_visibility(image, clean, mask)
+    assert seen.contrast == pytest.approx(50 / visibility.TEXTURE_STD_FLOOR)  # flat ring: std floored
+    assert seen.change == pytest.approx(10 / visibility.TEXTURE_STD_FLOOR)
+    assert seen.value == pytest.approx(seen.change)
+    image[mask] = 140
+    assert measure_visibility(image, clean, mask).value == pytest.approx(40 / visibility.TEXTURE_STD_FLOOR)
+    with pytest.raises(ValueError, match="non-empty mask"):
+        measure_visibility(image, clean, np.zeros((64, 64), bool))
+
+
+def test_unreachable_visibility_raises_naming_the_defect() -> None:
+    """A dark hole cannot become visible on a black crop: the generator gives up with a clear error."""
+    black = np.zeros((64, 64), np.uint8)
+    with pytest.raises(RuntimeError, match="clear 'hole'"):
+        apply_defect(np.random.default_rng(0), black, "hole", load_source("grass"), "clear")
+
+
+def test_defects_csv_lists_every_defect_with_its_measured_visibility(tiny_root: Path) -> None:
+    """``defects.csv`` has one row per defective image, with the class, ``V`` and area of the written files."""
+    for category in EMBEDDED_CATEGORIES:
+        with (tiny_root / category / writer.DEFECTS_FILENAME).open() as file:
+            rows = list(csv.DictReader(file))
+        assert len(rows) == len(EMBEDDED_DEFECT_TYPES) * TINY["n_test_per_defect"]
+        assert sorted(rows[0]) == sorted(writer.DEFECTS_COLUMNS)
+        for row in rows:
+            image = _read(tiny_root / category / row["image"])
+            mask = _read(tiny_root / category / row["mask"]) > 0
+            index = int(Path(row["image"]).stem)
+            clean = render_sample(category, "test", row["defect_type"], index, seed=0, image_size=64).clean
+            value = _independent_visibility(image, clean, mask, width=visibility.ring_width(64))
+            assert float(row["visibility"]) == pytest.approx(value, abs=1e-4)
+            low, high = VISIBILITY_CLASSES[row["visibility_class"]]
+            assert low <= value <= high
+            assert int(row["area_px"]) == mask.sum()
+
+
+def test_dataset_readme_states_the_rule(tiny_root: Path) -> None:
+    """The root README names the sources, the licence, every defect type and the rule's numbers."""
+    text = (tiny_root / "README.md").read_text()
+    assert text.startswith("<!-- Written by anomalib_bgad.embedded")
+    assert "CC0" in text
+    for name in (*EMBEDDED_CATEGORIES, *EMBEDDED_DEFECT_TYPES):
+        assert f"`{name}`" in text
+    for low, high in VISIBILITY_CLASSES.values():
+        assert f"{low:.2f} to {high:.2f}" in text
+    for low, high in visibility.DEFECT_AREA_RANGE.values():
+        assert f"{low}-{high}" in text
+
+
+def test_foreign_readme_is_not_replaced(tmp_path: Path) -> None:
+    """A README.md the generator did not write is kept, and nothing is generated next to it."""
+    (tmp_path / "README.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"README\.md"):
+        generate_embedded_dataset(tmp_path, categories=["brick"], **TINY)
+    assert (tmp_path / "README.md").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]

@@ -16,8 +16,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 from torchvision.utils import make_grid
 
-from anomalib_bgad.data.base import FewAnomalyDataModule
-from anomalib_bgad.data.pseudo_anomalies import RPAG, SMOOTHBLEND, FewAnomalyTrainSet, check_pseudo_source, source_parts
+from anomalib_bgad.data.datamodules.base import FewAnomalyDataModule
+from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND, source_parts
+from anomalib_bgad.data.pseudo_anomalies.train_set import FewAnomalyTrainSet
 
 
 def _build(datamodule: FewAnomalyDataModule | str | Path | dict[str, Any]) -> FewAnomalyDataModule:
@@ -82,17 +83,16 @@ def preview_pseudo_anomalies(
     """
     datamodule = _build(datamodule)
     source = datamodule.pseudo_anomaly_source if source is None else source
-    check_pseudo_source(source, 1, 0)
+    parts = source_parts(source)
     if datamodule.selection is None:
         datamodule.setup()
-    parts = source_parts(source)
     num_rpag = (num_samples + 1) // 2 if len(parts) == 2 else (num_samples if RPAG in parts else 0)
     train_set = FewAnomalyTrainSet(
         datamodule.train_data,
-        num_pseudo=num_rpag,
         seed=datamodule.seed,
-        paste_in_foreground=datamodule._paste_in_foreground(),
+        num_rpag=num_rpag,
         num_smoothblend=num_samples - num_rpag if SMOOTHBLEND in parts else 0,
+        paste_in_foreground=datamodule._paste_in_foreground(),
     )
     if RPAG in parts and train_set.num_rpag == 0:
         msg = (

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback
 
 from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyFolder, FewAnomalyMVTecAD
 
-FAST = {"num_workers": 0, "pseudo_anomalies": 0, "repeat_anomalies": 1}
+FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
 
 
 def paths(dataset) -> set[str]:
@@ -73,7 +73,7 @@ def test_training_batches_carry_labels_and_masks(btad_root: Path) -> None:
 
 def test_repeats_and_pseudo_anomalies_per_epoch(mvtec_root: Path) -> None:
     datamodule = FewAnomalyMVTecAD(
-        root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomalies=0.5, repeat_anomalies=2, num_workers=0
+        root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_ratio=0.5, repeat_anomalies=2, num_workers=0
     )
     datamodule.setup()
     assert datamodule.num_pseudo_anomalies == 2  # round(0.5 * 3)
@@ -82,14 +82,16 @@ def test_repeats_and_pseudo_anomalies_per_epoch(mvtec_root: Path) -> None:
     pseudo = [item for item in items if item.gt_label and item.image_path in normal_paths]
     assert len(items) == 6 + 2 * 3 + 2 and len(pseudo) == 2
     assert all(item.gt_mask.any() for item in pseudo)
-    datamodule.pseudo_anomalies = 4  # an int is a count
+    datamodule.pseudo_anomaly_count = 4  # a count replaces the ratio
     assert datamodule.num_pseudo_anomalies == 4
 
 
 def test_zero_repeats_train_on_pseudo_anomalies_alone_with_the_same_test_set(mvtec_root: Path) -> None:
     args = {"root": mvtec_root, "category": "bottle", "n_anomalies": 3, "num_workers": 0}
-    reference = FewAnomalyMVTecAD(**args, pseudo_anomalies=0, repeat_anomalies=1)
-    datamodule = FewAnomalyMVTecAD(**args, pseudo_anomalies=4, pseudo_anomaly_source="smoothblend", repeat_anomalies=0)
+    reference = FewAnomalyMVTecAD(**args, pseudo_anomaly_count=0, repeat_anomalies=1)
+    datamodule = FewAnomalyMVTecAD(
+        **args, pseudo_anomaly_count=4, pseudo_anomaly_source="smoothblend", repeat_anomalies=0
+    )
     reference.setup()
     datamodule.setup()
     assert paths(datamodule.test_data) == paths(reference.test_data)
@@ -164,7 +166,7 @@ def test_unsupervised_anomalib_model_trains_on_normal_images_only(mvtec_root: Pa
 
 def test_model_declares_it_trains_on_anomalies(mvtec_root: Path) -> None:
     datamodule = FewAnomalyMVTecAD(root=mvtec_root, category="bottle", n_anomalies=3, **FAST)
-    assert datamodule.uses_anomalies()  # no trainer: the batches carry the anomalies
+    assert datamodule.anomalies_in_training()  # no trainer: the batches carry the anomalies
     for model, expected in [
         (SimpleNamespace(), False),
         (SimpleNamespace(trains_on_anomalies=True), True),
@@ -172,6 +174,6 @@ def test_model_declares_it_trains_on_anomalies(mvtec_root: Path) -> None:
         (SimpleNamespace(trains_on_anomalies=False, supervised=True), False),
     ]:
         datamodule.trainer = SimpleNamespace(lightning_module=model)
-        assert datamodule.uses_anomalies() is expected
-    datamodule.train_anomalies = True
-    assert datamodule.uses_anomalies()
+        assert datamodule.anomalies_in_training() is expected
+    datamodule.train_on_anomalies = True
+    assert datamodule.anomalies_in_training()

@@ -11,7 +11,7 @@ import pytest
 
 from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyDataModule, FewAnomalyFolder, FewAnomalyMVTecAD, SplitManifest
 
-FAST = {"num_workers": 0, "pseudo_anomalies": 0, "repeat_anomalies": 1}
+FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
 
 
 def split_of(datamodule) -> dict[str, list[tuple[str, str, int]]]:
@@ -107,10 +107,9 @@ def test_replay_refuses_a_changed_dataset_or_split_argument(btad_root: Path, tmp
     ):
         FewAnomalyMVTecAD.from_manifest(manifest)
 
-    # The user passes replay_manifest with other split args: refused with the differences.
-    mismatched = FewAnomalyBTAD(root=btad_root, category="01", n_anomalies=3, replay_manifest=manifest, **FAST)
+    # The user passes replay_manifest with other split args: refused with the differences, before any setup.
     with pytest.raises(ValueError, match=r"was written for another split \(n_anomalies: manifest 2, datamodule 3\)"):
-        mismatched.setup()
+        FewAnomalyBTAD(root=btad_root, category="01", n_anomalies=3, replay_manifest=manifest, **FAST)
 
     # A test image removed from disk: the replay no longer reproduces the recorded lists.
     kept_test = [path for path in original.manifest.test_images if "/ok/" in path]

@@ -17,7 +17,7 @@ from anomalib_bgad.data import (
     preview_pseudo_anomalies,
 )
 from anomalib_bgad.data.pseudo_anomalies import EpochSampler, FewAnomalyTrainSet
-from anomalib_bgad.data.rpag import augment_anomaly, paste_anomaly
+from anomalib_bgad.data.pseudo_anomalies.rpag import augment_anomaly, paste_anomaly
 
 RED = torch.tensor([1.0, 0.0, 0.0])
 
@@ -109,7 +109,7 @@ def test_pseudo_anomalies_land_on_the_foreground() -> None:
 def train_set(mvtec_root: Path, num_pseudo: int = 6) -> FewAnomalyTrainSet:
     datamodule = FewAnomalyMVTecAD(root=mvtec_root, category="bottle", n_anomalies=3, num_workers=0)
     datamodule.setup()
-    return FewAnomalyTrainSet(datamodule.train_data, num_pseudo=num_pseudo, seed=0, paste_in_foreground=True)
+    return FewAnomalyTrainSet(datamodule.train_data, num_rpag=num_pseudo, seed=0, paste_in_foreground=True)
 
 
 def digest(tensor: torch.Tensor) -> str:
@@ -147,8 +147,8 @@ def test_sampler_epochs_and_keys() -> None:
 def test_same_batches_with_and_without_workers(mvtec_root: Path) -> None:
     def epoch_digests(num_workers: int) -> list[str]:
         datamodule = FewAnomalyMVTecAD(
-            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomalies=4, train_batch_size=5,
-            num_workers=num_workers, train_anomalies=True,
+            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_count=4, train_batch_size=5,
+            num_workers=num_workers, train_on_anomalies=True,
         )  # fmt: skip
         datamodule.setup()
         loader = datamodule.train_dataloader()
@@ -181,7 +181,7 @@ class PseudoRecorder(LightningModule):
 
 def test_lightning_refreshes_pseudo_anomalies_every_epoch(mvtec_root: Path, tmp_path: Path) -> None:
     datamodule = FewAnomalyMVTecAD(
-        root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomalies=4, train_batch_size=8, num_workers=2,
+        root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_count=4, train_batch_size=8, num_workers=2,
         val_split_mode="none",
     )  # fmt: skip
     datamodule.setup()
@@ -191,7 +191,7 @@ def test_lightning_refreshes_pseudo_anomalies_every_epoch(mvtec_root: Path, tmp_
         max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
     trainer.fit(model, datamodule=datamodule)
-    reference = FewAnomalyTrainSet(datamodule.train_data, num_pseudo=4, seed=0, paste_in_foreground=True)
+    reference = FewAnomalyTrainSet(datamodule.train_data, num_rpag=4, seed=0, paste_in_foreground=True)
     base = len(reference.base)
     for epoch in range(3):
         expected = {digest(reference[(epoch, base + j)].image) for j in range(4)}

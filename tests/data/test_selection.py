@@ -94,3 +94,16 @@ def test_one_class_seed_chooses_among_types_with_enough_images() -> None:
 def test_invalid_requests_fail_with_the_fix(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         select(**kwargs)
+
+
+def test_stable_hash_is_fixed_and_its_32_bit_form_is_the_low_half() -> None:
+    import hashlib
+
+    from anomalib_bgad.data import stable_hash
+
+    digest = hashlib.sha256(b"bottle").digest()
+    assert stable_hash("bottle") == int.from_bytes(digest[:8], "little")
+    # The embedded dataset's seeds use 32 bits: the low half of the 64-bit hash, so one helper serves both.
+    assert stable_hash("bottle", bits=32) == int.from_bytes(digest[:4], "little") == stable_hash("bottle") & 0xFFFFFFFF
+    with pytest.raises(ValueError, match="bits must be a multiple of 8"):
+        stable_hash("bottle", bits=12)

@@ -18,7 +18,7 @@ from anomalib_bgad.data import (
     smoothblend_sample,
 )
 from anomalib_bgad.data.image_io import read_image
-from anomalib_bgad.data.smoothblend import blend_weight, color_jitter, smooth_alpha
+from anomalib_bgad.data.pseudo_anomalies.smoothblend import blend_weight, color_jitter, smooth_alpha
 
 NO_JITTER = (0.0, 0.0, 0.0, 0.0)
 
@@ -135,7 +135,7 @@ def test_zero_real_anomalies_with_smoothblend(mvtec_root: Path, tmp_path: Path) 
     def build() -> FewAnomalyMVTecAD:
         datamodule = FewAnomalyMVTecAD(
             root=mvtec_root, category="bottle", n_anomalies=0, pseudo_anomaly_source="smoothblend",
-            pseudo_anomalies=4, num_workers=0, train_batch_size=20, train_anomalies=True,
+            pseudo_anomaly_count=4, num_workers=0, train_batch_size=20, train_on_anomalies=True,
             manifest_path=tmp_path / "manifest.json",
         )  # fmt: skip
         datamodule.setup()
@@ -175,8 +175,8 @@ def test_zero_real_anomalies_with_smoothblend(mvtec_root: Path, tmp_path: Path) 
 def test_both_sources_keep_the_rpag_samples(mvtec_root: Path) -> None:
     def train_set(source: str):
         datamodule = FewAnomalyMVTecAD(
-            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomalies=2, pseudo_anomaly_source=source,
-            num_workers=0, train_anomalies=True,
+            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_count=2, pseudo_anomaly_source=source,
+            num_workers=0, train_on_anomalies=True,
         )  # fmt: skip
         datamodule.setup()
         return datamodule, datamodule.train_dataloader().dataset
@@ -201,13 +201,16 @@ def test_both_sources_keep_the_rpag_samples(mvtec_root: Path) -> None:
     ("kwargs", "message"),
     [
         (
-            {"n_anomalies": 0, "pseudo_anomalies": 5},
+            {"n_anomalies": 0, "pseudo_anomaly_count": 5},
             r"asks for 5 RPAG pseudo anomalies .* n_anomalies=0.*'smoothblend'",
         ),
-        ({"n_anomalies": 0, "pseudo_anomalies": 5, "pseudo_anomaly_source": "both"}, r"RPAG pastes known anomalies"),
         (
-            {"n_anomalies": 0, "pseudo_anomalies": 5.0, "pseudo_anomaly_source": "smoothblend"},
-            r"pseudo_anomalies=5.0 is a ratio of the known anomalies, and n_anomalies=0.*Pass a count",
+            {"n_anomalies": 0, "pseudo_anomaly_count": 5, "pseudo_anomaly_source": "both"},
+            r"RPAG pastes known anomalies",
+        ),
+        (
+            {"n_anomalies": 0, "pseudo_anomaly_ratio": 5.0, "pseudo_anomaly_source": "smoothblend"},
+            r"pseudo_anomaly_ratio=5.0 is a ratio of the known anomalies, and n_anomalies=0.*Set a count",
         ),
         (
             {"pseudo_anomaly_source": "cutpaste"},
@@ -221,7 +224,7 @@ def test_nonsense_combinations_fail_clearly(mvtec_root: Path, kwargs: dict, mess
 
 
 def test_zero_anomalies_with_a_ratio_stays_valid_for_rpag(mvtec_root: Path) -> None:
-    # The benchmark's n=0 rows share pseudo_anomalies=5.0 with the others: a ratio of no anomaly is no anomaly.
+    # The benchmark's n=0 rows share pseudo_anomaly_ratio=5.0 with the others: a ratio of no anomaly is no anomaly.
     datamodule = FewAnomalyMVTecAD(root=mvtec_root, category="bottle", n_anomalies=0, num_workers=0)
     datamodule.setup()
     assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 0}
@@ -231,7 +234,7 @@ def test_zero_anomalies_with_a_ratio_stays_valid_for_rpag(mvtec_root: Path) -> N
 def test_preview_grid(mvtec_root: Path, tmp_path: Path, source: str) -> None:
     n_anomalies = 0 if source == "smoothblend" else 3
     datamodule = FewAnomalyMVTecAD(
-        root=mvtec_root, category="bottle", n_anomalies=n_anomalies, pseudo_anomalies=4,
+        root=mvtec_root, category="bottle", n_anomalies=n_anomalies, pseudo_anomaly_count=4,
         pseudo_anomaly_source=source, num_workers=0,
     )  # fmt: skip
     out = preview_pseudo_anomalies(datamodule, tmp_path / "grid.png", num_samples=4, columns=2, cell_size=40)
@@ -273,7 +276,7 @@ def test_bgad_phase2_pushes_smoothblend_anomalies_with_zero_real_ones(
     def fit(source: str, pseudo_anomalies: int) -> Recorder:
         datamodule = FewAnomalyMVTecAD(
             root=tiny_mvtec_root, category="brick", n_anomalies=0, pseudo_anomaly_source=source,
-            pseudo_anomalies=pseudo_anomalies, train_batch_size=5, eval_batch_size=5, num_workers=0, seed=3,
+            pseudo_anomaly_count=pseudo_anomalies, train_batch_size=5, eval_batch_size=5, num_workers=0, seed=3,
         )  # fmt: skip
         seed_everything(3)
         model = Bgad(phase1_epochs=1, **small_bgad_kwargs)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyFolder, FewAnomalyMVTecAD
 
-FAST = {"num_workers": 0, "pseudo_anomalies": 0, "repeat_anomalies": 1}
+FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
 
 
 def mvtec(root: Path, **kwargs) -> FewAnomalyMVTecAD:
@@ -82,7 +82,9 @@ def test_too_many_anomalies_says_how_many_exist(mvtec_root: Path, btad_root: Pat
     [
         ({"n_anomalies": -1}, r"n_anomalies must be >= 0, got -1"),
         ({"setting": "two_class"}, r"setting must be one of \['multi_class', 'one_class'\], got 'two_class'"),
-        ({"pseudo_anomalies": -2}, r"pseudo_anomalies must be a count .* got -2"),
+        ({"pseudo_anomaly_ratio": -2.0}, r"pseudo_anomaly_ratio must be a number >= 0 .* got -2\.0"),
+        ({"pseudo_anomaly_count": -1}, r"pseudo_anomaly_count must be an integer >= 0 .* got -1"),
+        ({"num_workers": -1}, r"num_workers must be an integer >= 0 .* got -1"),
         ({"repeat_anomalies": -1}, r"repeat_anomalies must be an integer >= 0, got -1"),
         ({"seed": None}, r"seed must be an integer >= 0 \(it fixes the anomaly selection\), got None"),
     ],
@@ -166,7 +168,7 @@ def test_empty_normal_training_folder(mvtec_root: Path, btad_root: Path, folder_
 
 def test_dataset_folder_is_never_modified(mvtec_root: Path, tmp_path: Path, trees) -> None:
     before = trees.snapshot(mvtec_root)
-    datamodule = mvtec(mvtec_root, n_anomalies=3, pseudo_anomalies=4, manifest_path=tmp_path / "out" / "split.json")
+    datamodule = mvtec(mvtec_root, n_anomalies=3, pseudo_anomaly_count=4, manifest_path=tmp_path / "out" / "split.json")
     datamodule.prepare_data()
     datamodule.setup()
     for _ in datamodule.train_dataloader():

@@ -11,9 +11,9 @@ from anomalib.data import Visa
 from PIL import Image
 
 from anomalib_bgad.data import FewAnomalyDataModule, FewAnomalyVisa
-from anomalib_bgad.data.visa import ONE_CLASS_MESSAGE
+from anomalib_bgad.data.datamodules.visa import ONE_CLASS_MESSAGE
 
-FAST = {"num_workers": 0, "pseudo_anomalies": 0, "repeat_anomalies": 1}
+FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
 # category -> (train normal, test normal, test anomalous)
 COUNTS = {"capsules": (6, 3, 5), "pcb1": (3, 2, 2)}
 

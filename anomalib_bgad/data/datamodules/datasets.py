@@ -1,7 +1,8 @@
 """anomalib datasets whose items are read with :mod:`anomalib_bgad.data.image_io`.
 
-The parsing (the ``samples`` DataFrame) is anomalib's own; only ``__getitem__`` changes, so that
-16-bit grayscale PNGs are rescaled instead of clipped (see :mod:`anomalib_bgad.data.image_io`).
+The parsing (the ``samples`` DataFrame) is anomalib's own; only ``__getitem__`` changes, so that images and
+masks are read by the project's one reader (16-bit files rescaled instead of clipped, masks by one rule; see
+:mod:`anomalib_bgad.data.image_io`).
 Items are anomalib ``ImageItem`` objects, batched by anomalib's default collate.
 """
 
@@ -11,6 +12,7 @@ from anomalib.data.dataclasses import ImageItem
 from anomalib.data.datasets.image.btech import BTechDataset
 from anomalib.data.datasets.image.folder import FolderDataset
 from anomalib.data.datasets.image.mvtecad import MVTecADDataset
+from anomalib.data.datasets.image.visa import VisaDataset
 from anomalib.data.utils import LabelName
 from torchvision.tv_tensors import Mask
 
@@ -70,3 +72,7 @@ class FewAnomalyBTADDataset(RobustImageReadMixin, BTechDataset):
 
 class FewAnomalyFolderDataset(RobustImageReadMixin, FolderDataset):
     """anomalib's ``FolderDataset`` with robust image reading."""
+
+
+class FewAnomalyVisaDataset(RobustImageReadMixin, VisaDataset):
+    """anomalib's ``VisaDataset`` (processed VisA layout) with robust image reading."""

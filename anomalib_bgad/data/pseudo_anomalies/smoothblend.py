@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
-from anomalib_bgad.data.rpag import _paste_position
+from anomalib_bgad.data.pseudo_anomalies.foreground import paste_position
 
 AREA = (0.005, 0.02)
 ASPECT = (1.0 / 3.0, 3.0)
@@ -225,12 +225,12 @@ def smoothblend_sample(
     alpha = smooth_alpha(patch_h, patch_w, sigma)
     weight = blend_weight(alpha, threshold, min_weight)
     shape = (weight > 0).numpy()
-    source = _paste_position(shape, (height, width), rng, foreground)
-    target = _paste_position(shape, (height, width), rng, foreground)
+    source = paste_position(shape, (height, width), rng, foreground)
+    target = paste_position(shape, (height, width), rng, foreground)
     for _ in range(_PLACEMENT_ATTEMPTS):
         if _far_enough(source, target, (patch_h, patch_w)):
             break
-        target = _paste_position(shape, (height, width), rng, foreground)
+        target = paste_position(shape, (height, width), rng, foreground)
     if target == source:  # a tiny image or foreground with a single place: move by one pixel at least
         target = (source[0], source[1] + 1) if source[1] + patch_w < width else (source[0], source[1] - 1)
     (sy, sx), (ty, tx) = source, target

@@ -1,28 +1,34 @@
-"""Fail-fast checks of few-anomaly datasets and arguments, with messages that name the fix.
+"""Fail-fast checks of few-anomaly datasets on disk, with messages that name the fix.
 
 All checks only read the file system: nothing is created, moved or written under the dataset root.
 
 Example:
-    >>> check_arguments(n_anomalies=-1, setting="multi_class", pseudo_anomalies=0, repeat_anomalies=1)
-    Traceback (most recent call last):
-    ...
-    ValueError: n_anomalies must be >= 0, got -1. Set n_anomalies to the number of labeled defects to train with.
+    >>> list_images(Path("/nowhere"), (".png",))
+    []
 """
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
-from anomalib_bgad.data.image_io import image_size
-from anomalib_bgad.data.selection import Setting
+from anomalib_bgad.data.image_io import MASK_RULE, ImageReadError, image_size, read_mask
 
 MVTEC_EXTENSIONS = (".png", ".PNG")
 BTAD_EXTENSIONS = (".bmp", ".png")
 FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".gif", ".pgm", ".pbm", ".ppm", ".pnm")
+"""Mask formats FewAnomalyFolder matches by stem (any case), whatever the images' ``extensions``."""
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+MAX_PLAUSIBLE_SHARE = 0.5
+"""A mask marking more of its image than this as defect is reported (inverted mask, white background)."""
+
+logger = logging.getLogger(__name__)
 
 
 def list_images(folder: Path, extensions: Sequence[str], recursive: bool = False) -> list[Path]:
@@ -45,55 +51,6 @@ def list_images(folder: Path, extensions: Sequence[str], recursive: bool = False
         for path in folder.glob(pattern)
         if path.is_file() and (path.suffix.lower() if lower else path.suffix) in extensions
     )
-
-
-def check_arguments(
-    n_anomalies: int,
-    setting: str,
-    pseudo_anomalies: float,
-    repeat_anomalies: int,
-    seed: int = 0,
-) -> None:
-    """Check the few-anomaly arguments.
-
-    Args:
-        n_anomalies (int): Number of known anomalies.
-        setting (str): ``multi_class`` or ``one_class``.
-        pseudo_anomalies (float): Pseudo anomalies per epoch (count or ratio).
-        repeat_anomalies (int): Times each known anomaly appears per epoch.
-        seed (int): Selection seed. Defaults to ``0``.
-
-    Raises:
-        ValueError: On an invalid value.
-    """
-    if isinstance(n_anomalies, bool) or not isinstance(n_anomalies, int):
-        msg = f"n_anomalies must be an integer, got {n_anomalies!r}."
-        raise ValueError(msg)
-    if n_anomalies < 0:
-        msg = (
-            f"n_anomalies must be >= 0, got {n_anomalies}. "
-            "Set n_anomalies to the number of labeled defects to train with."
-        )
-        raise ValueError(msg)
-    valid = [item.value for item in Setting]
-    if setting not in valid:
-        msg = f"setting must be one of {valid}, got {setting!r}."
-        raise ValueError(msg)
-    if isinstance(pseudo_anomalies, bool) or not isinstance(pseudo_anomalies, int | float) or pseudo_anomalies < 0:
-        msg = (
-            f"pseudo_anomalies must be a count (int >= 0) or a ratio of the known anomalies (float >= 0), "
-            f"got {pseudo_anomalies!r}. Use 0 to disable pseudo anomalies."
-        )
-        raise ValueError(msg)
-    if isinstance(repeat_anomalies, bool) or not isinstance(repeat_anomalies, int) or repeat_anomalies < 0:
-        msg = (
-            f"repeat_anomalies must be an integer >= 0, got {repeat_anomalies!r}: the times each known anomaly "
-            "appears per epoch (0 keeps them out of the training batches; they still leave the test set)."
-        )
-        raise ValueError(msg)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        msg = f"seed must be an integer >= 0 (it fixes the anomaly selection), got {seed!r}."
-        raise ValueError(msg)
 
 
 def check_root(root: Path, dataset: str, layout: str) -> None:
@@ -196,6 +153,25 @@ def missing_mask_error(image: Path, expected: Iterable[Path]) -> FileNotFoundErr
     return FileNotFoundError(msg)
 
 
+def unmatched_mask_error(image: Path, folders: Sequence[Path]) -> FileNotFoundError:
+    """Error for an anomalous image of a Folder dataset whose mask is not found by name.
+
+    Args:
+        image (Path): The anomalous image.
+        folders (Sequence[Path]): Every folder its mask was looked for in.
+
+    Returns:
+        FileNotFoundError: The error to raise; it lists the folders, the names and the extensions tried.
+    """
+    places = ", ".join(f"'{folder}'" for folder in dict.fromkeys(folders))
+    msg = (
+        f"Mask missing for anomalous image '{image}': looked in {places} for '{image.stem}' or "
+        f"'{image.stem}_mask' with any of {', '.join(MASK_EXTENSIONS)} (any case; the images' extensions do not "
+        "apply to masks). Every anomalous image needs a ground-truth mask of the same size; add it or remove the image."
+    )
+    return FileNotFoundError(msg)
+
+
 def orphan_mask_error(mask: Path, image_folder: Path) -> ValueError:
     """Error for a mask without anomalous image (anomalib pairs masks by position, so it would shift them).
 
@@ -213,9 +189,11 @@ def orphan_mask_error(mask: Path, image_folder: Path) -> ValueError:
     return ValueError(msg)
 
 
-def _decode(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
+def _size(path: str, decode: bool) -> tuple[str, tuple[int, int] | None, str | None]:
     try:
-        return path, image_size(path, decode=True), None
+        return path, image_size(path, decode=decode), None
+    except ImageReadError:
+        raise  # decodes, but its values have no reading: the message names the file and the fix
     except _DECODE_ERRORS as error:
         return path, None, f"{type(error).__name__}: {error}"
 
@@ -245,9 +223,9 @@ def check_files(
     paths = list(dict.fromkeys([*images, *masks.values()]))
     if decode:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_decode, paths))
+            results = list(pool.map(partial(_size, decode=True), paths))
     else:
-        results = [_header(path) for path in paths]
+        results = [_size(path, decode=False) for path in paths]
     sizes: dict[str, tuple[int, int]] = {}
     for path, size, error in results:
         if error is not None or size is None:
@@ -267,8 +245,59 @@ def check_files(
             raise ValueError(msg)
 
 
-def _header(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
-    try:
-        return path, image_size(path, decode=False), None
-    except _DECODE_ERRORS as error:
-        return path, None, f"{type(error).__name__}: {error}"
+def mask_share(path: str | Path) -> float:
+    """Share of a mask's pixels that are defect under the mask rule.
+
+    Args:
+        path (str | Path): Mask file.
+
+    Returns:
+        float: Defect pixels / all pixels, in ``[0, 1]``.
+    """
+    return float(read_mask(path).float().mean())
+
+
+def check_mask_content(known: Mapping[str, str], others: Mapping[str, str] | None = None, workers: int = 4) -> None:
+    """Check what masks cover: every known anomaly's mask must mark a defect; implausible shares are reported.
+
+    Args:
+        known (Mapping[str, str]): Known anomaly image -> its mask (an empty one is an error: training would
+            paste nothing from it, or learn it as normal).
+        others (Mapping[str, str] | None): Other anomalous image -> mask (test images; an empty one is a warning:
+            pixel metrics count the image as defect-free). Defaults to ``None``.
+        workers (int): Reading threads. Defaults to ``4``.
+
+    Raises:
+        ValueError: If a known anomaly's mask is empty; the message lists every such file.
+    """
+    others = dict(others or {})
+    masks = {**others, **known}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        shares = dict(zip(masks, pool.map(mask_share, masks.values()), strict=True))
+    empty_known = [image for image in known if shares[image] == 0.0]
+    if empty_known:
+        listing = ", ".join(f"'{known[image]}' (of '{image}')" for image in empty_known[:5])
+        more = f" and {len(empty_known) - 5} more" if len(empty_known) > 5 else ""
+        msg = (
+            f"{len(empty_known)} known anomaly mask(s) mark no defect pixel: {listing}{more}. Mask rule: {MASK_RULE}. "
+            "Draw the defect in the mask (non-zero, or opaque over a transparent background), or remove the image "
+            "from the anomalous images."
+        )
+        raise ValueError(msg)
+    for image, share in shares.items():
+        if share == 0.0:
+            logger.warning(
+                "Mask '%s' of anomalous test image '%s' marks no defect pixel (mask rule: %s): pixel metrics count "
+                "the image as defect-free.",
+                masks[image],
+                image,
+                MASK_RULE,
+            )
+        elif share > MAX_PLAUSIBLE_SHARE:
+            logger.warning(
+                "Mask '%s' marks %.0f%% of its image as defect: an inverted mask (white background) or a coloured "
+                "background? Mask rule: %s.",
+                masks[image],
+                100 * share,
+                MASK_RULE,
+            )

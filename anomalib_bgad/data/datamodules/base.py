@@ -2,19 +2,24 @@
 
 Each class is a thin layer over anomalib's datamodule of the same format: anomalib parses the folders
 and builds the test split as usual; then a few anomalous test images (with their masks) move to the
-training set, following BGAD's multi-class or one-class setting (:mod:`anomalib_bgad.data.selection`).
+training set, following BGAD's multi-class or one-class setting (:mod:`anomalib_bgad.data.split.selection`).
 The validation split is made after the move, so the known anomalies leave validation too.
 
 Training batches carry ``gt_label`` (1 for anomalies) and ``gt_mask``. Models that do not train on
 anomalies (all of anomalib's unsupervised models) get normal images only, from the same split, so that
-side-by-side comparisons use identical test data; see ``train_anomalies``.
+side-by-side comparisons use identical test data; see ``train_on_anomalies``.
 
 Pseudo anomalies are added to every training epoch (``pseudo_anomaly_source``): ``"rpag"`` pastes
 augmented known anomalies on normal images (BGAD's RPAG), ``"smoothblend"`` blends a colour-jittered patch
 of a normal image back elsewhere in it (SPD's SmoothBlend, needs no known anomaly, so BGAD's phase 2 also
-runs with ``n_anomalies=0``), ``"both"`` uses the two. ``pseudo_anomalies`` is the number per epoch *of
-each source*: an ``int`` is a count, a ``float`` a ratio of the known anomalies (so with ``n_anomalies=0``
-SmoothBlend needs an ``int``).
+runs with ``n_anomalies=0``), ``"both"`` uses the two. Each source makes ``pseudo_anomaly_ratio`` times the
+number of known anomalies per epoch, or ``pseudo_anomaly_count`` when that is set (so with ``n_anomalies=0``
+SmoothBlend needs a count).
+
+The few-anomaly options are declared once, in :meth:`FewAnomalyDataModule.__init__`; the concrete classes put
+it in front of an anomalib datamodule (``class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD)``), which takes
+the remaining arguments through ``**kwargs``. jsonargparse follows that call, so anomalib's CLI lists and types
+both (``--data.n_anomalies``, ``--data.root``, ...).
 
 Example:
     >>> from anomalib.engine import Engine
@@ -25,60 +30,52 @@ Example:
 """
 
 import importlib
+import importlib.metadata
+import inspect
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 from anomalib.data.datamodules.base.image import AnomalibDataModule
-from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName
 from torch.utils.data import DataLoader
 
-import anomalib_bgad
-from anomalib_bgad.data import validation
-from anomalib_bgad.data.manifest import SplitManifest, relative_path
-from anomalib_bgad.data.pseudo_anomalies import (
-    RPAG,
-    SMOOTHBLEND,
-    EpochSampler,
-    FewAnomalyTrainSet,
-    check_pseudo_source,
-    source_parts,
+from anomalib_bgad.data.datamodules import validation
+from anomalib_bgad.data.datamodules.layout import GroundTruthLayout
+from anomalib_bgad.data.datamodules.options import (
+    DEFAULT_PSEUDO_ANOMALY_RATIO,
+    check_options,
+    default_num_workers,
+    resolve_renamed,
+    upgrade_init_args,
 )
-from anomalib_bgad.data.selection import Selection, Setting, select_known_anomalies
+from anomalib_bgad.data.image_io import MASK_RULE
+from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND, source_parts
+from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
+from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
+from anomalib_bgad.data.split.replay import changed_split_args, replayed_arguments
+from anomalib_bgad.data.split.selection import Selection, Setting, select_known_anomalies
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILENAME = "split_manifest.json"
-# Arguments that define the split: a replay must not change them.
-_SPLIT_ARGS = (
-    "category",
+_CHECKED_OPTIONS = (
+    "n_anomalies",
     "setting",
     "seed",
-    "n_anomalies",
-    "seen_defect_type",
-    "test_split_mode",
-    "test_split_ratio",
-    "val_split_mode",
-    "val_split_ratio",
-    "name",
-    "normal_dir",
-    "abnormal_dir",
-    "normal_test_dir",
-    "mask_dir",
-    "extensions",
+    "pseudo_anomaly_source",
+    "pseudo_anomaly_ratio",
+    "pseudo_anomaly_count",
+    "repeat_anomalies",
 )
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy of an init argument value."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, TestSplitMode | ValSplitMode):
-        return value.value
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+def _package_version() -> str:
+    """Installed ``anomalib-bgad`` version ("" when run from a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("anomalib-bgad")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _qualified_name(cls: type) -> str:
@@ -91,42 +88,111 @@ def _qualified_name(cls: type) -> str:
 class FewAnomalyDataModule(AnomalibDataModule):
     """Shared few-anomaly behaviour; the concrete classes put it in front of an anomalib datamodule.
 
-    Subclasses define the format: :meth:`_check_location`, :meth:`_check_layout`, :meth:`_parse`,
-    :meth:`_defect_types_and_masks` and :meth:`_dataset_args`.
+    Subclasses define the format: :meth:`_check_location`, :meth:`_parse`, :meth:`_dataset_args`, and either
+    :attr:`layout` (the ``train``/``test``/``ground_truth`` layout) or :meth:`_check_layout` and
+    :meth:`_defect_types_and_masks`.
     """
 
     dataset_key: ClassVar[str] = ""
     """Dataset name used in the selection seed and the manifest."""
 
+    layout: ClassVar[GroundTruthLayout | None] = None
+    """The dataset's ground-truth folder layout, when it has one."""
+
     train_data: Any
     test_data: Any
     val_data: Any
 
-    def _init_few_anomaly(
+    def __init__(
         self,
-        n_anomalies: int,
-        setting: str,
-        seen_defect_type: str | None,
-        pseudo_anomalies: float,
-        repeat_anomalies: int,
-        train_anomalies: bool | None,
-        paste_in_foreground: bool | None,
-        manifest_path: Path | str | None,
-        replay_manifest: Path | str | None,
-        verify_images: bool,
-        pseudo_anomaly_source: str = RPAG,
+        *args: Any,
+        n_anomalies: int = 10,
+        setting: Literal["multi_class", "one_class"] = "multi_class",
+        seen_defect_type: str | None = None,
+        seed: int = 0,
+        pseudo_anomaly_source: Literal["rpag", "smoothblend", "both"] = "rpag",
+        pseudo_anomaly_ratio: float = DEFAULT_PSEUDO_ANOMALY_RATIO,
+        pseudo_anomaly_count: int | None = None,
+        repeat_anomalies: int = 5,
+        train_on_anomalies: bool | None = None,
+        paste_in_foreground: bool | None = None,
+        num_workers: int | None = None,
+        manifest_path: Path | str | None = None,
+        replay_manifest: Path | str | None = None,
+        verify_images: bool = True,
+        pseudo_anomalies: int | float | None = None,
+        train_anomalies: bool | None = None,
+        **kwargs: Any,
     ) -> None:
-        setting = setting.value if isinstance(setting, Setting) else setting
-        validation.check_arguments(n_anomalies, setting, pseudo_anomalies, repeat_anomalies, self.seed)
-        check_pseudo_source(pseudo_anomaly_source, n_anomalies, pseudo_anomalies)
-        self.pseudo_anomaly_source = pseudo_anomaly_source
-        self.n_anomalies = n_anomalies
-        self.setting = setting
-        self.seen_defect_type = seen_defect_type
-        self.pseudo_anomalies = pseudo_anomalies
-        self.repeat_anomalies = repeat_anomalies
-        self.train_anomalies = train_anomalies
-        self.paste_in_foreground = paste_in_foreground
+        """Declare and check the few-anomaly options; pass the rest to the anomalib datamodule.
+
+        Args:
+            *args (Any): Positional arguments of the anomalib datamodule (``root``, ``category``, ...).
+            n_anomalies (int): Known anomalies moved from test to training. Defaults to ``10``.
+            setting (Literal["multi_class", "one_class"]): ``multi_class``: drawn across all defect types
+                (``n // n_types`` each, remainder at random). ``one_class``: all from ``seen_defect_type`` and every
+                image of that type removed from test. Defaults to ``"multi_class"``.
+            seen_defect_type (str | None): One-class seen defect type; ``None``: chosen by the seed.
+                Defaults to ``None``.
+            seed (int): Seed of the anomaly selection, the pseudo anomalies and anomalib's random splits.
+                Defaults to ``0``.
+            pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): ``"rpag"``: augmented known anomalies
+                pasted on normal images (BGAD). ``"smoothblend"``: a colour-jittered patch of a normal image
+                blended back elsewhere (SPD; needs no known anomaly, so it works with ``n_anomalies=0`` and a
+                ``pseudo_anomaly_count``). ``"both"``: each source makes its own. Defaults to ``"rpag"``.
+            pseudo_anomaly_ratio (float): Pseudo anomalies per known anomaly, made per epoch by each source
+                (authors' RPAG: ``5.0``); ``0`` disables them. Defaults to ``5.0``.
+            pseudo_anomaly_count (int | None): Pseudo anomalies per epoch made by each source, in place of the
+                ratio; ``None``: use ``pseudo_anomaly_ratio``. Defaults to ``None``.
+            repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``); ``0`` keeps the
+                known anomalies out of the training batches (they still leave the test set and still feed RPAG).
+                Defaults to ``5``.
+            train_on_anomalies (bool | None): Put the known and pseudo anomalies in the training batches.
+                ``None``: only for models that declare ``trains_on_anomalies = True`` (anomalib's unsupervised
+                models train on normal images only). Defaults to ``None``.
+            paste_in_foreground (bool | None): Paste pseudo anomalies on the object's foreground. ``None``: the
+                dataset's default (MVTec AD object categories and VisA: yes). Defaults to ``None``.
+            num_workers (int | None): Dataloader workers. ``None``: ``min(8, usable CPUs)``. Defaults to ``None``.
+            manifest_path (Path | str | None): Where setup writes the split manifest. ``None``: into the trainer's
+                ``default_root_dir`` (the run's results folder) when a trainer is attached. Defaults to ``None``.
+            replay_manifest (Path | str | None): Manifest whose split to replay exactly (see
+                :meth:`from_manifest`). Defaults to ``None``.
+            verify_images (bool): Decode every image at setup to catch truncated files. Defaults to ``True``.
+            pseudo_anomalies (int | float | None): Deprecated 0.1.0 spelling: an int is ``pseudo_anomaly_count``,
+                a float ``pseudo_anomaly_ratio``. Defaults to ``None``.
+            train_anomalies (bool | None): Deprecated 0.1.0 spelling of ``train_on_anomalies``. Defaults to ``None``.
+            **kwargs (Any): Keyword arguments of the anomalib datamodule.
+
+        Raises:
+            ValueError: On an invalid option or combination of options.
+            FileNotFoundError: If the dataset root (or category) does not exist; nothing is created.
+        """
+        pseudo_anomaly_ratio, pseudo_anomaly_count, train_on_anomalies = resolve_renamed(
+            pseudo_anomalies, train_anomalies, pseudo_anomaly_ratio, pseudo_anomaly_count, train_on_anomalies
+        )
+        options = {
+            "n_anomalies": n_anomalies,
+            "setting": setting.value if isinstance(setting, Setting) else setting,
+            "seen_defect_type": seen_defect_type,
+            "seed": seed,
+            "pseudo_anomaly_source": pseudo_anomaly_source,
+            "pseudo_anomaly_ratio": pseudo_anomaly_ratio,
+            "pseudo_anomaly_count": pseudo_anomaly_count,
+            "repeat_anomalies": repeat_anomalies,
+            "train_on_anomalies": train_on_anomalies,
+            "paste_in_foreground": paste_in_foreground,
+        }
+        self._replay: SplitManifest | None = None
+        if replay_manifest is not None:
+            self._replay = SplitManifest.read(replay_manifest)
+            options, kwargs = self._replayed(self._replay, replay_manifest, options, args, kwargs)
+            args = ()
+        workers = default_num_workers() if num_workers is None else num_workers
+        super().__init__(*args, seed=options["seed"], num_workers=workers, **kwargs)
+        check_options(**{key: options[key] for key in _CHECKED_OPTIONS}, num_workers=workers)
+        for key, value in options.items():
+            setattr(self, key, value)
+        self.pseudo_anomaly_ratio = float(self.pseudo_anomaly_ratio)
         self.manifest_path = Path(manifest_path) if manifest_path is not None else None
         self.replay_manifest = Path(replay_manifest) if replay_manifest is not None else None
         self.verify_images = verify_images
@@ -134,8 +200,42 @@ class FewAnomalyDataModule(AnomalibDataModule):
         self.selection: Selection | None = None
         self._known_anomalies: pd.DataFrame | None = None
         self._defect_counts: dict[str, int] = {}
-        self._replay: SplitManifest | None = SplitManifest.read(self.replay_manifest) if self.replay_manifest else None
+        self._setup_stage: str | None = None
         self._check_location()
+
+    def _replayed(
+        self,
+        manifest: SplitManifest,
+        path: Path | str,
+        options: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The few-anomaly options and anomalib arguments, with the values the manifest fixes taken in.
+
+        See :mod:`anomalib_bgad.data.split.replay` for the rule.
+        """
+        written_by = _qualified_name(type(self))
+        if manifest.datamodule != written_by:
+            msg = (
+                f"replay_manifest '{path}' was written by {manifest.datamodule}, not by {written_by}. Use that "
+                f"datamodule (CLI: --data {manifest.datamodule}), or FewAnomalyDataModule.from_manifest(path)."
+            )
+            raise ValueError(msg)
+        parent = inspect.signature(super().__init__).parameters
+        anomalib_args = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        own = inspect.signature(FewAnomalyDataModule.__init__).parameters
+        # A required argument has no default; None stands for "not given" (e.g. FewAnomalyFolder's name).
+        defaults = {
+            name: None if param.default is inspect.Parameter.empty else param.default
+            for name, param in {**parent, **own}.items()
+            if param.kind in {param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY}
+        }
+        given = {**{name: defaults[name] for name in parent if name in defaults}, **anomalib_args, **options}
+        recorded = {**upgrade_init_args(manifest.init_args), "root": manifest.root}
+        merged = replayed_arguments(given, defaults, recorded, path)
+        passed = {name: merged[name] for name in parent if name in merged and name not in {"seed", "num_workers"}}
+        return {key: merged[key] for key in options}, passed
 
     # ----------------------------------------------------------------------------------------------------------
     # Format-specific hooks
@@ -152,11 +252,20 @@ class FewAnomalyDataModule(AnomalibDataModule):
 
     def _check_location(self) -> None:
         """Check the root (and category) exist, without creating anything."""
-        raise NotImplementedError
+        if self.layout is None:
+            raise NotImplementedError
+        validation.check_root(Path(self.root), self.name, self.layout.description)
+        validation.check_category(Path(self.root), self.category, "train", self.name)
+
+    def _category_dir(self) -> Path:
+        """Folder of the category in :attr:`layout`."""
+        return Path(self.root) / self.category
 
     def _check_layout(self) -> None:
         """Check the folder layout and masks before anomalib parses it."""
-        raise NotImplementedError
+        if self.layout is None:
+            raise NotImplementedError
+        self.layout.check(self._category_dir(), self.category)
 
     def _parse(self) -> tuple[Any, Any]:
         """Build anomalib's train and test datasets."""
@@ -164,7 +273,9 @@ class FewAnomalyDataModule(AnomalibDataModule):
 
     def _defect_types_and_masks(self, anomalous: pd.DataFrame) -> tuple[list[str], list[str]]:
         """Defect type and mask path of every anomalous test row (masks paired by file name)."""
-        raise NotImplementedError
+        if self.layout is None:
+            raise NotImplementedError
+        return self.layout.defect_types_and_masks(anomalous)
 
     def _dataset_args(self) -> dict[str, Any]:
         """Format-specific init args recorded in the manifest."""
@@ -180,8 +291,9 @@ class FewAnomalyDataModule(AnomalibDataModule):
         """Check that the dataset exists. Unlike anomalib's datamodules, nothing is downloaded or created."""
         self._check_location()
 
-    def _setup(self, _stage: str | None = None) -> None:
+    def _setup(self, stage: str | None = None) -> None:
         """Parse with anomalib, validate every file, choose the known anomalies and hold them out of test."""
+        self._setup_stage = str(getattr(stage, "value", stage)) if stage is not None else None
         self._check_location()
         self._check_layout()
         self.train_data, self.test_data = self._parse()
@@ -198,12 +310,15 @@ class FewAnomalyDataModule(AnomalibDataModule):
         if not (train.label_index == LabelName.NORMAL).any():
             msg = f"No normal training images found for {self.name} under '{self.dataset_root}'."
             raise ValueError(msg)
+        anomalous_masks = dict(zip(test[anomalous].image_path.astype(str), masks, strict=True))
         validation.check_files(
-            [*train.image_path.astype(str), *test.image_path.astype(str)],
-            dict(zip(test[anomalous].image_path.astype(str), masks, strict=True)),
-            decode=self.verify_images,
+            [*train.image_path.astype(str), *test.image_path.astype(str)], anomalous_masks, decode=self.verify_images
         )
         self._select(test)
+        # Masks checked for content: every known anomaly's (RPAG's sources too); the test masks with verify_images.
+        known = self._known_anomalies
+        known_masks = dict(zip(known.image_path.astype(str), known.mask_path.astype(str), strict=True))
+        validation.check_mask_content(known_masks, anomalous_masks if self.verify_images else None)
 
     def _select(self, test: pd.DataFrame) -> None:
         root = self.dataset_root
@@ -245,25 +360,6 @@ class FewAnomalyDataModule(AnomalibDataModule):
         )
 
     def _replayed_selection(self, manifest: SplitManifest, anomalous: set[str]) -> Selection:
-        expected = {
-            "datamodule": _qualified_name(type(self)),
-            "dataset": self.dataset_key,
-            "category": self.selection_category,
-            "setting": self.setting,
-            "seed": self.seed,
-            "n_anomalies": self.n_anomalies,
-        }
-        differences = [
-            f"{key}: manifest {getattr(manifest, key)!r}, datamodule {value!r}"
-            for key, value in expected.items()
-            if getattr(manifest, key) != value
-        ]
-        if differences:
-            msg = (
-                f"replay_manifest '{self.replay_manifest}' was written for another split ({'; '.join(differences)}). "
-                "Build the datamodule with FewAnomaly*.from_manifest(path) to take every split argument from it."
-            )
-            raise ValueError(msg)
         train = [entry["image"] for entry in manifest.train_anomalies]
         missing = sorted(set(train + manifest.removed_from_test) - anomalous)
         if missing:
@@ -297,9 +393,38 @@ class FewAnomalyDataModule(AnomalibDataModule):
         self.manifest = self._build_manifest()
         if self._replay is not None:
             self._check_replay(self._replay, self.manifest)
-        target = self._manifest_target()
-        if target is not None:
+        self._record_manifest()
+
+    def _record_manifest(self) -> None:
+        """Write the manifest to ``manifest_path``, or into the run's folder (``trainer.default_root_dir``).
+
+        In the run's folder, a manifest already there is only replaced by a training run: ``anomalib test`` and
+        ``predict`` work in the training run's folder (anomalib's ``latest``), whose manifest records the split
+        the model was trained on. If this split differs from it, a warning says so.
+        """
+        if self.manifest_path is not None:
+            self.write_manifest(self.manifest_path)
+            return
+        trainer = getattr(self, "trainer", None)
+        root_dir = getattr(trainer, "default_root_dir", None) if trainer is not None else None
+        if not root_dir:
+            return
+        target = Path(root_dir) / MANIFEST_FILENAME
+        if self._setup_stage in {None, "fit"} or not target.is_file():
             self.write_manifest(target)
+            return
+        recorded, mine = SplitManifest.read(target), self.manifest
+        if (recorded.train_anomalies, recorded.test_images) != (mine.train_anomalies, mine.test_images):
+            logger.warning(
+                "This %s split differs from the one the model was trained on (%s): %d vs %d test images, other "
+                "known anomalies or test files. Replay the training split with replay_manifest (CLI: "
+                "--data.replay_manifest %s).",
+                self._setup_stage,
+                target,
+                len(self.manifest.test_images),
+                len(recorded.test_images),
+                target,
+            )
 
     # ----------------------------------------------------------------------------------------------------------
     # Manifest
@@ -311,17 +436,18 @@ class FewAnomalyDataModule(AnomalibDataModule):
             "setting": self.setting,
             "seen_defect_type": self.seen_defect_type,
             "seed": self.seed,
-            "pseudo_anomalies": self.pseudo_anomalies,
             "pseudo_anomaly_source": self.pseudo_anomaly_source,
+            "pseudo_anomaly_ratio": self.pseudo_anomaly_ratio,
+            "pseudo_anomaly_count": self.pseudo_anomaly_count,
             "repeat_anomalies": self.repeat_anomalies,
-            "train_anomalies": self.train_anomalies,
+            "train_on_anomalies": self.train_on_anomalies,
             "paste_in_foreground": self.paste_in_foreground,
             "test_split_mode": self.test_split_mode,
             "test_split_ratio": self.test_split_ratio,
             "val_split_mode": self.val_split_mode,
             "val_split_ratio": self.val_split_ratio,
         }
-        return {key: _plain(value) for key, value in args.items()}
+        return {key: json_value(value) for key, value in args.items()}
 
     def _build_manifest(self) -> SplitManifest:
         root = self.dataset_root
@@ -355,10 +481,19 @@ class FewAnomalyDataModule(AnomalibDataModule):
             test_images=sorted(relative_path(path, root) for path in self.test_data.samples.image_path),
             init_args=self._init_args(),
             pseudo_anomaly_source=self.pseudo_anomaly_source,
-            package_version=anomalib_bgad.__version__,
+            mask_rule=MASK_RULE,
+            package_version=_package_version(),
         )
 
     def _check_replay(self, replay: SplitManifest, manifest: SplitManifest) -> None:
+        if replay.mask_rule != manifest.mask_rule:
+            logger.warning(
+                "Replaying '%s', written when masks were read as '%s'; they are now read as '%s': the known "
+                "anomalies' defect pixels may differ from that run's.",
+                self.replay_manifest,
+                replay.mask_rule,
+                manifest.mask_rule,
+            )
         for key in ("train_anomalies", "removed_from_test", "train_images", "test_images"):
             expected, actual = getattr(replay, key), getattr(manifest, key)
             if expected != actual:
@@ -370,13 +505,6 @@ class FewAnomalyDataModule(AnomalibDataModule):
                     f"The dataset under '{self.dataset_root}' changed since the manifest was written."
                 )
                 raise ValueError(msg)
-
-    def _manifest_target(self) -> Path | None:
-        if self.manifest_path is not None:
-            return self.manifest_path
-        trainer = getattr(self, "trainer", None)
-        root_dir = getattr(trainer, "default_root_dir", None) if trainer is not None else None
-        return Path(root_dir) / MANIFEST_FILENAME if root_dir else None
 
     def write_manifest(self, path: str | Path) -> Path:
         """Write the split manifest of this datamodule (after ``setup``).
@@ -407,7 +535,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         Args:
             path (str | Path): Manifest written by a previous run.
             **overrides (Any): Init arguments to change, e.g. ``root`` (dataset moved), ``num_workers``,
-                ``train_batch_size``, ``pseudo_anomalies``. Split-defining arguments (category, setting, seed,
+                ``train_batch_size``, ``pseudo_anomaly_ratio``. Split-defining arguments (category, setting, seed,
                 n_anomalies, seen_defect_type, split modes, Folder dirs) cannot change.
 
         Returns:
@@ -423,27 +551,22 @@ class FewAnomalyDataModule(AnomalibDataModule):
         if not (isinstance(target, type) and issubclass(target, cls)):
             msg = f"Manifest '{path}' was written by {manifest.datamodule}, not by a {cls.__name__}."
             raise ValueError(msg)
-        changed = [
-            key
-            for key, value in overrides.items()
-            if key in _SPLIT_ARGS and key in manifest.init_args and _plain(value) != manifest.init_args[key]
-        ]
+        changed = changed_split_args(overrides, upgrade_init_args(manifest.init_args))
         if changed:
             msg = (
                 f"Cannot override {', '.join(changed)} when replaying '{path}': the manifest fixes the split. "
                 "Build a new datamodule without from_manifest to make another split."
             )
             raise ValueError(msg)
-        args = {**manifest.init_args, "root": manifest.root, **overrides, "replay_manifest": path}
-        return target(**args)
+        return target(**overrides, replay_manifest=path)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training data
     # ----------------------------------------------------------------------------------------------------------
-    def uses_anomalies(self) -> bool:
+    def anomalies_in_training(self) -> bool:
         """Whether training batches include the known (and pseudo) anomalies.
 
-        ``train_anomalies`` decides when set. When ``None``, the model attached to the trainer decides: a
+        ``train_on_anomalies`` decides when set. When ``None``, the model attached to the trainer decides: a
         model with a truthy ``trains_on_anomalies`` attribute (or anomalib's SuperSimpleNet with
         ``supervised=True``) gets them; any other model (PatchCore, PaDiM, ...) gets normal images only.
         Without a trainer the anomalies are included.
@@ -451,8 +574,8 @@ class FewAnomalyDataModule(AnomalibDataModule):
         Returns:
             bool: ``True`` to train on anomalies.
         """
-        if self.train_anomalies is not None:
-            return bool(self.train_anomalies)
+        if self.train_on_anomalies is not None:
+            return bool(self.train_on_anomalies)
         trainer = getattr(self, "trainer", None)
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
         if model is None:
@@ -465,15 +588,15 @@ class FewAnomalyDataModule(AnomalibDataModule):
     def _log_normal_only(self, normal: int, known: int) -> None:
         trainer = getattr(self, "trainer", None)
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        if self.train_anomalies is False or model is None:
-            logger.info("%s: training on %d normal images only (train_anomalies=False).", self.name, normal)
+        if self.train_on_anomalies is False or model is None:
+            logger.info("%s: training on %d normal images only (train_on_anomalies=False).", self.name, normal)
             return
         # anomalib's own models are unsupervised by design; say more for any other model.
         log = logger.info if type(model).__module__.startswith("anomalib.") else logger.warning
         log(
             "%s: %s does not declare trains_on_anomalies = True: training on %d normal images only; the %d known "
-            "anomalies stay out of the test set but are not used. Set train_anomalies=True (CLI: "
-            "--data.train_anomalies true) to train with them.",
+            "anomalies stay out of the test set but are not used. Set train_on_anomalies=True (CLI: "
+            "--data.train_on_anomalies true) to train with them.",
             self.name,
             type(model).__name__,
             normal,
@@ -484,14 +607,14 @@ class FewAnomalyDataModule(AnomalibDataModule):
     def pseudo_anomaly_counts(self) -> dict[str, int]:
         """Pseudo anomalies per epoch of each source of ``pseudo_anomaly_source`` (``{"rpag": n, "smoothblend": m}``).
 
-        Each selected source makes ``pseudo_anomalies`` of them if it is an int, else that ratio of the known
-        anomalies. RPAG makes none without known anomalies.
+        Each selected source makes ``pseudo_anomaly_count`` of them when it is set, else ``pseudo_anomaly_ratio``
+        times the number of known anomalies (rounded). RPAG makes none without known anomalies.
         """
         known = 0 if self._known_anomalies is None else len(self._known_anomalies)
-        if isinstance(self.pseudo_anomalies, int):
-            count = self.pseudo_anomalies
+        if self.pseudo_anomaly_count is not None:
+            count = self.pseudo_anomaly_count
         else:
-            count = round(self.pseudo_anomalies * known)
+            count = round(self.pseudo_anomaly_ratio * known)
         parts = source_parts(self.pseudo_anomaly_source)
         return {
             RPAG: count if RPAG in parts and known else 0,
@@ -509,30 +632,28 @@ class FewAnomalyDataModule(AnomalibDataModule):
         return self._default_paste_in_foreground()
 
     def train_dataloader(self) -> DataLoader:
-        """Training dataloader with known and pseudo anomalies, or normal images only (see :meth:`uses_anomalies`).
+        """Training batches with known and pseudo anomalies, or normal images only (:meth:`anomalies_in_training`).
 
         Returns:
             DataLoader: Dataloader of anomalib ``ImageItem`` batches.
         """
-        collate = self.external_collate_fn or self.train_data.collate_fn
-        if not self.uses_anomalies():
+        loader_args = {
+            "batch_size": self.train_batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": self.external_collate_fn or self.train_data.collate_fn,
+        }
+        if not self.anomalies_in_training():
             labels = self.train_data.samples.label_index.to_numpy()
             normal = self.train_data.subsample([int(i) for i in (labels == LabelName.NORMAL).nonzero()[0]])
             self._log_normal_only(len(normal), len(labels) - len(normal))
-            return DataLoader(
-                normal,
-                shuffle=True,
-                batch_size=self.train_batch_size,
-                num_workers=self.num_workers,
-                collate_fn=collate,
-            )
+            return DataLoader(normal, shuffle=True, **loader_args)
         counts = self.pseudo_anomaly_counts
         train_set = FewAnomalyTrainSet(
             self.train_data,
-            num_pseudo=counts[RPAG],
             seed=self.seed,
-            paste_in_foreground=self._paste_in_foreground(),
+            num_rpag=counts[RPAG],
             num_smoothblend=counts[SMOOTHBLEND],
+            paste_in_foreground=self._paste_in_foreground(),
         )
         if self.repeat_anomalies == 0 and len(train_set.anomaly_rows):
             logger.info(
@@ -546,10 +667,4 @@ class FewAnomalyDataModule(AnomalibDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
-        return DataLoader(
-            train_set,
-            sampler=sampler,
-            batch_size=self.train_batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-        )
+        return DataLoader(train_set, sampler=sampler, **loader_args)

@@ -1,10 +1,9 @@
 """Training set with known anomalies and per-epoch pseudo anomalies (RPAG and/or SmoothBlend).
 
 :class:`FewAnomalyTrainSet` wraps the datamodule's training dataset (normal images and known
-anomalies, read by anomalib's dataset) and appends pseudo-anomaly indices: first ``num_pseudo`` RPAG
-ones (a known anomaly pasted on a normal image, :mod:`anomalib_bgad.data.rpag`), then
-``num_smoothblend`` SmoothBlend ones (a patch of a normal image blended back elsewhere,
-:mod:`anomalib_bgad.data.smoothblend`; needs no known anomaly).
+anomalies, read by anomalib's dataset) and appends pseudo-anomaly indices: first ``num_rpag`` RPAG
+ones (a known anomaly pasted on a normal image, :mod:`.rpag`), then ``num_smoothblend`` SmoothBlend
+ones (a patch of a normal image blended back elsewhere, :mod:`.smoothblend`; needs no known anomaly).
 :class:`EpochSampler` yields ``(epoch, index)`` keys: normal images once, known anomalies
 ``repeat_anomalies`` times and every pseudo index once per epoch, shuffled by
 ``rng([seed, epoch])``. A pseudo item is generated from ``rng([seed, source, epoch, index])`` only, so it
@@ -17,7 +16,7 @@ callback and no ``reload_dataloaders_every_n_epochs``. Without Lightning, each n
 sampler moves to the next epoch unless ``set_epoch`` is called.
 
 Example:
-    >>> train_set = FewAnomalyTrainSet(datamodule.train_data, num_pseudo=10, seed=0)  # doctest: +SKIP
+    >>> train_set = FewAnomalyTrainSet(datamodule.train_data, num_rpag=10, seed=0)  # doctest: +SKIP
     >>> sampler = EpochSampler(train_set, repeat_anomalies=1, seed=0)  # doctest: +SKIP
     >>> sampler.set_epoch(3); item = train_set[next(iter(sampler))]  # doctest: +SKIP
 """
@@ -33,74 +32,15 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.tv_tensors import Image as TvImage
 from torchvision.tv_tensors import Mask
 
-from anomalib_bgad.data.foreground import compute_foreground
-from anomalib_bgad.data.image_io import read_image, read_mask
-from anomalib_bgad.data.rpag import generate_pseudo_anomaly
-from anomalib_bgad.data.smoothblend import generate_smoothblend
+from anomalib_bgad.data.image_io import MASK_RULE, read_image, read_mask
+from anomalib_bgad.data.pseudo_anomalies.foreground import compute_foreground
+from anomalib_bgad.data.pseudo_anomalies.rpag import generate_pseudo_anomaly
+from anomalib_bgad.data.pseudo_anomalies.smoothblend import generate_smoothblend
+from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND
 
 _PSEUDO_STREAM = 1  # separates the pseudo-anomaly random streams from the shuffling stream
 _SHUFFLE_STREAM = 2
 _SMOOTHBLEND_STREAM = 3
-
-RPAG = "rpag"
-SMOOTHBLEND = "smoothblend"
-BOTH = "both"
-PSEUDO_ANOMALY_SOURCES = (RPAG, SMOOTHBLEND, BOTH)
-"""Values of the datamodules' ``pseudo_anomaly_source``."""
-
-
-def source_parts(source: str) -> tuple[str, ...]:
-    """The generators of a ``pseudo_anomaly_source`` value: ``("rpag",)``, ``("smoothblend",)`` or both.
-
-    Args:
-        source (str): ``"rpag"``, ``"smoothblend"`` or ``"both"``.
-
-    Returns:
-        tuple[str, ...]: Generator names.
-    """
-    return (RPAG, SMOOTHBLEND) if source == BOTH else (source,)
-
-
-def check_pseudo_source(source: str, n_anomalies: int, pseudo_anomalies: float) -> None:
-    """Check ``pseudo_anomaly_source`` and its combination with ``n_anomalies`` and ``pseudo_anomalies``.
-
-    ``pseudo_anomalies`` is the number of pseudo anomalies per epoch *of each selected source*: an ``int`` is a
-    count, a ``float`` a ratio of the known anomalies. With ``n_anomalies=0`` a ratio gives none, and RPAG has
-    nothing to paste; the combinations that would silently make no pseudo anomaly at all are refused.
-
-    Args:
-        source (str): ``"rpag"``, ``"smoothblend"`` or ``"both"``.
-        n_anomalies (int): Number of known anomalies.
-        pseudo_anomalies (float): Count (int) or ratio (float) per source.
-
-    Raises:
-        ValueError: On an unknown source or a combination that cannot give the requested pseudo anomalies.
-    """
-    if source not in PSEUDO_ANOMALY_SOURCES:
-        msg = (
-            f"pseudo_anomaly_source must be one of {list(PSEUDO_ANOMALY_SOURCES)}, got {source!r}: 'rpag' pastes "
-            "augmented known anomalies on normal images, 'smoothblend' blends a colour-jittered patch of a normal "
-            "image back elsewhere (needs no known anomaly), 'both' uses the two."
-        )
-        raise ValueError(msg)
-    if n_anomalies > 0 or pseudo_anomalies == 0:
-        return
-    parts = source_parts(source)
-    if RPAG in parts and isinstance(pseudo_anomalies, int):
-        msg = (
-            f"pseudo_anomaly_source={source!r} asks for {pseudo_anomalies} RPAG pseudo anomalies per epoch, but "
-            "n_anomalies=0: RPAG pastes known anomalies and there is none. Set n_anomalies >= 1, "
-            "pseudo_anomaly_source='smoothblend' (pseudo anomalies from normal images alone), or pseudo_anomalies=0."
-        )
-        raise ValueError(msg)
-    if SMOOTHBLEND in parts and not isinstance(pseudo_anomalies, int):
-        msg = (
-            f"pseudo_anomalies={pseudo_anomalies!r} is a ratio of the known anomalies, and n_anomalies=0: "
-            f"pseudo_anomaly_source={source!r} would make no SmoothBlend pseudo anomaly. Pass a count per epoch "
-            "instead (an int, e.g. pseudo_anomalies=50)"
-            + (", and pseudo_anomaly_source='smoothblend' (RPAG needs known anomalies)." if source == BOTH else ".")
-        )
-        raise ValueError(msg)
 
 
 class FewAnomalyTrainSet(Dataset):
@@ -108,40 +48,58 @@ class FewAnomalyTrainSet(Dataset):
 
     Args:
         base (AnomalibDataset): Training dataset (``label_index`` 0 = normal, 1 = known anomaly with mask).
-        num_pseudo (int): RPAG pseudo anomalies per epoch (indices ``len(base)`` .. ``len(base) + num_pseudo - 1``).
         seed (int): Seed of the pseudo anomalies.
+        num_rpag (int): RPAG pseudo anomalies per epoch (indices ``len(base)`` .. ``len(base) + num_rpag - 1``).
+            Defaults to ``0``.
+        num_smoothblend (int): SmoothBlend pseudo anomalies per epoch, after the RPAG indices. Defaults to ``0``.
         paste_in_foreground (bool): Paste inside the normal image's foreground (object categories).
             Defaults to ``False``.
-        num_smoothblend (int): SmoothBlend pseudo anomalies per epoch, after the RPAG indices. Defaults to ``0``.
 
     Attributes:
         num_rpag (int): RPAG pseudo anomalies per epoch (0 without known anomalies or normal images).
         num_smoothblend (int): SmoothBlend pseudo anomalies per epoch (0 without normal images).
-        num_pseudo (int): All pseudo anomalies per epoch.
+        num_pseudo (int): All pseudo anomalies per epoch, ``num_rpag + num_smoothblend``.
+
+    Raises:
+        ValueError: If ``num_rpag > 0`` and a known anomaly's mask marks no defect pixel (names the file).
     """
 
     def __init__(
         self,
         base: AnomalibDataset,
-        num_pseudo: int,
         seed: int,
-        paste_in_foreground: bool = False,
+        num_rpag: int = 0,
         num_smoothblend: int = 0,
+        paste_in_foreground: bool = False,
     ) -> None:
         super().__init__()
         labels = base.samples.label_index.to_numpy()
         self.base = base
         self.normal_rows = np.flatnonzero(labels == LabelName.NORMAL)
         self.anomaly_rows = np.flatnonzero(labels == LabelName.ABNORMAL)
-        if num_pseudo > 0 and (len(self.normal_rows) == 0 or len(self.anomaly_rows) == 0):
-            num_pseudo = 0  # nothing to paste, or nothing to paste on
+        if num_rpag > 0 and (len(self.normal_rows) == 0 or len(self.anomaly_rows) == 0):
+            num_rpag = 0  # nothing to paste, or nothing to paste on
         if len(self.normal_rows) == 0:
             num_smoothblend = 0  # nothing to blend
-        self.num_rpag = num_pseudo
+        if num_rpag > 0:
+            self._check_rpag_sources()
+        self.num_rpag = num_rpag
         self.num_smoothblend = num_smoothblend
-        self.num_pseudo = num_pseudo + num_smoothblend
+        self.num_pseudo = num_rpag + num_smoothblend
         self.seed = seed
         self.paste_in_foreground = paste_in_foreground
+
+    def _check_rpag_sources(self) -> None:
+        """Every known anomaly RPAG may paste has a defect in its mask (the datamodule checks this at setup too)."""
+        samples = self.base.samples
+        for row in self.anomaly_rows:
+            image, mask = samples.image_path.iloc[row], samples.mask_path.iloc[row]
+            if not read_mask(mask).any():
+                msg = (
+                    f"The mask '{mask}' of known anomaly '{image}' marks no defect pixel: RPAG would have nothing to "
+                    f"paste. Mask rule: {MASK_RULE}. Fix the mask or remove the image."
+                )
+                raise ValueError(msg)
 
     def __len__(self) -> int:
         """Number of distinct indices: base samples then pseudo anomalies."""
@@ -199,15 +157,12 @@ class FewAnomalyTrainSet(Dataset):
         anomaly = samples.iloc[int(self.anomaly_rows[rng.integers(len(self.anomaly_rows))])]
         normal = samples.iloc[int(self.normal_rows[rng.integers(len(self.normal_rows))])]
         normal_image = read_image(normal.image_path).as_subclass(torch.Tensor)
-        foreground = None
-        if self.paste_in_foreground:
-            foreground = compute_foreground(normal_image.permute(1, 2, 0).numpy())
         image, mask = generate_pseudo_anomaly(
             read_image(anomaly.image_path).as_subclass(torch.Tensor),
             read_mask(anomaly.mask_path).as_subclass(torch.Tensor),
             normal_image,
             rng,
-            foreground,
+            self._foreground(normal_image),
         )
         return image, mask, str(normal.image_path), str(anomaly.image_path)
 

@@ -1,4 +1,4 @@
-"""Foreground masks of object images, used to paste pseudo anomalies onto the object.
+"""Foreground masks of object images and paste positions on them, to put pseudo anomalies onto the object.
 
 BGAD's authors paste pseudo anomalies inside the foreground of object categories, computed with
 "OpenCV's binary threshold" (their answer in xcyao00/BGAD issue #8), but never released that code
@@ -36,6 +36,7 @@ MVTEC_OBJECT_CATEGORIES = frozenset(
     }
 )
 
+MIN_INSIDE_FOREGROUND = 2.0 / 3.0  # authors: paste where >= 2/3 of the defect lies on the object
 _WORK_SIZE = 256  # longest side at which the mask is computed
 _MIN_FRACTION = 0.01  # a foreground (or background) smaller than this is treated as a failed segmentation
 
@@ -94,3 +95,33 @@ def compute_foreground(image: np.ndarray) -> np.ndarray:
     if fraction < _MIN_FRACTION or fraction > 1.0 - _MIN_FRACTION:
         return np.ones((height, width), dtype=bool)
     return cv2.resize(cleaned.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def paste_position(
+    crop_mask: np.ndarray,
+    target_shape: tuple[int, int],
+    rng: np.random.Generator,
+    foreground: np.ndarray | None,
+) -> tuple[int, int]:
+    """Top-left corner for a crop: uniform, or where at least 2/3 of it lies on the foreground (else the most).
+
+    Args:
+        crop_mask (np.ndarray): ``(h, w)`` boolean mask of the pixels to paste.
+        target_shape (tuple[int, int]): ``(H, W)`` of the image to paste on (``H >= h``, ``W >= w``).
+        rng (np.random.Generator): Source of randomness.
+        foreground (np.ndarray | None): ``(H, W)`` boolean foreground, ``None`` (or all ``True``): anywhere.
+
+    Returns:
+        tuple[int, int]: ``(y, x)`` of the crop's top-left corner.
+    """
+    height, width = target_shape
+    crop_h, crop_w = crop_mask.shape
+    if foreground is not None and not foreground.all():
+        overlap = cv2.matchTemplate(foreground.astype(np.float32), crop_mask.astype(np.float32), cv2.TM_CCORR)
+        overlap /= max(float(crop_mask.sum()), 1.0)
+        candidates = np.argwhere(overlap >= MIN_INSIDE_FOREGROUND - 1e-4)
+        if len(candidates) == 0:
+            candidates = np.argwhere(overlap >= overlap.max() - 1e-4)
+        y0, x0 = candidates[int(rng.integers(len(candidates)))]
+        return int(y0), int(x0)
+    return int(rng.integers(height - crop_h + 1)), int(rng.integers(width - crop_w + 1))

@@ -15,11 +15,34 @@ Example:
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+MANIFEST_FILENAME = "split_manifest.json"
+"""File name of the manifest a run writes into its results folder."""
 MANIFEST_FORMAT = "anomalib_bgad.split_manifest"
 MANIFEST_VERSION = 1
+LEGACY_MASK_RULE = "anomalib_bgad-0: any channel non-zero, alpha ignored"
+"""The mask rule of anomalib_bgad 0.1.0, whose manifests do not record one."""
+
+
+def json_value(value: Any) -> Any:
+    """JSON-friendly copy of a datamodule argument as the manifest records it (paths and enums as strings).
+
+    Args:
+        value (Any): Argument value.
+
+    Returns:
+        Any: ``str`` for paths, the value of an enum, lists for tuples, else ``value``.
+    """
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [json_value(item) for item in value]
+    return value
 
 
 def relative_path(path: str | Path, root: str | Path) -> str:
@@ -56,6 +79,8 @@ class SplitManifest:
         init_args (dict[str, Any]): JSON-serialisable datamodule arguments (replayed by ``from_manifest``).
         pseudo_anomaly_source (str): Pseudo anomalies of the run: ``rpag``, ``smoothblend`` or ``both`` (not part
             of the split: a replay may change it). ``rpag`` for manifests written before it was recorded.
+        mask_rule (str): How mask files were read into defect pixels (``anomalib_bgad.data.image_io.MASK_RULE``);
+            manifests written before it was recorded read masks by :data:`LEGACY_MASK_RULE`.
         package_version (str): ``anomalib_bgad`` version.
         format (str): Format tag.
         format_version (int): Format version.
@@ -76,6 +101,7 @@ class SplitManifest:
     test_images: list[str]
     init_args: dict[str, Any] = field(default_factory=dict)
     pseudo_anomaly_source: str = "rpag"
+    mask_rule: str = LEGACY_MASK_RULE
     package_version: str = ""
     format: str = MANIFEST_FORMAT
     format_version: int = MANIFEST_VERSION

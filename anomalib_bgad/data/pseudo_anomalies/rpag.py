@@ -24,16 +24,16 @@ Example:
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
+from anomalib_bgad.data.pseudo_anomalies.foreground import paste_position
+
 Augmentation = Callable[[torch.Tensor, torch.Tensor, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 NUM_AUGMENTATIONS = 3
-MIN_INSIDE_FOREGROUND = 2.0 / 3.0  # authors: paste where >= 2/3 of the defect lies on the object
 _MAX_ATTEMPTS = 5  # augmentation draws before falling back to the un-augmented anomaly
 
 
@@ -154,26 +154,6 @@ def augment_anomaly(
     return image.clamp(0.0, 1.0), mask.squeeze(0) > 0, chosen
 
 
-def _paste_position(
-    crop_mask: np.ndarray,
-    target_shape: tuple[int, int],
-    rng: np.random.Generator,
-    foreground: np.ndarray | None,
-) -> tuple[int, int]:
-    """Top-left corner for a crop: uniform, or among positions with enough of the defect on the foreground."""
-    height, width = target_shape
-    crop_h, crop_w = crop_mask.shape
-    if foreground is not None and not foreground.all():
-        overlap = cv2.matchTemplate(foreground.astype(np.float32), crop_mask.astype(np.float32), cv2.TM_CCORR)
-        overlap /= max(float(crop_mask.sum()), 1.0)
-        candidates = np.argwhere(overlap >= MIN_INSIDE_FOREGROUND - 1e-4)
-        if len(candidates) == 0:
-            candidates = np.argwhere(overlap >= overlap.max() - 1e-4)
-        y0, x0 = candidates[int(rng.integers(len(candidates)))]
-        return int(y0), int(x0)
-    return int(rng.integers(height - crop_h + 1)), int(rng.integers(width - crop_w + 1))
-
-
 def paste_anomaly(
     anomaly: torch.Tensor,
     mask: torch.Tensor,
@@ -206,7 +186,7 @@ def paste_anomaly(
         x_max = x_min + width
     crop = anomaly[:, y_min:y_max, x_min:x_max]
     crop_mask = mask[y_min:y_max, x_min:x_max]
-    y0, x0 = _paste_position(crop_mask.numpy(), (height, width), rng, foreground)
+    y0, x0 = paste_position(crop_mask.numpy(), (height, width), rng, foreground)
     image = target.clone()
     pasted = torch.zeros((height, width), dtype=torch.bool)
     window = image[:, y0 : y0 + crop_mask.shape[0], x0 : x0 + crop_mask.shape[1]]

@@ -33,16 +33,27 @@ class Setting(str, Enum):
     ONE_CLASS = "one_class"
 
 
-def stable_hash(text: str) -> int:
-    """Hash a string to a 64-bit integer that is the same in every process and Python version.
+def stable_hash(text: str, bits: int = 64) -> int:
+    """Hash a string to an integer that is the same in every process and Python version (unlike ``hash``).
+
+    The project's one stable hash: it seeds the anomaly selection, names VisA cache folders and seeds the
+    embedded dataset's images.
 
     Args:
         text (str): Text to hash.
+        bits (int): Width of the result, a multiple of 8 up to 256. Defaults to ``64``.
 
     Returns:
-        int: First 8 bytes of the SHA-256 digest, little endian.
+        int: The first ``bits / 8`` bytes of the SHA-256 digest, little endian (so the 32-bit hash is the low
+        half of the 64-bit one).
+
+    Raises:
+        ValueError: If ``bits`` is not a multiple of 8 in ``8..256``.
     """
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    if bits % 8 or not 8 <= bits <= 256:
+        msg = f"bits must be a multiple of 8 between 8 and 256, got {bits}."
+        raise ValueError(msg)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[: bits // 8], "little")
 
 
 def selection_rng(seed: int, dataset: str, category: str, setting: str) -> np.random.Generator:

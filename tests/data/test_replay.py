@@ -1,0 +1,101 @@
+"""Replaying a run's split from its manifest with one argument; the run's manifest is kept; worker defaults."""
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyFolder, FewAnomalyMVTecAD, SplitManifest
+from anomalib_bgad.data.datamodules.options import default_num_workers
+
+FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
+
+
+def split_of(datamodule) -> tuple:
+    manifest = datamodule.manifest
+    return manifest.train_anomalies, manifest.removed_from_test, manifest.train_images, manifest.test_images
+
+
+def test_replay_manifest_alone_rebuilds_the_split(tmp_path: Path, trees) -> None:
+    root = trees.make_mvtec(tmp_path / "mvtec", category="cable")
+    original = FewAnomalyMVTecAD(
+        root=root, category="cable", n_anomalies=4, seed=7, setting="one_class", pseudo_anomaly_ratio=1.0,
+        repeat_anomalies=2, manifest_path=tmp_path / "run" / "split_manifest.json", num_workers=0,
+    )  # fmt: skip
+    original.setup()
+    # Nothing but the manifest: root, category, n_anomalies, seed, setting and the pseudo options come from it.
+    replayed = FewAnomalyMVTecAD(replay_manifest=tmp_path / "run" / "split_manifest.json", num_workers=0)
+    assert (replayed.root, replayed.category, replayed.n_anomalies, replayed.seed, replayed.setting) == (
+        root.resolve(), "cable", 4, 7, "one_class"
+    )  # fmt: skip
+    assert (replayed.pseudo_anomaly_ratio, replayed.repeat_anomalies) == (1.0, 2)
+    replayed.setup()
+    assert split_of(replayed) == split_of(original)
+    # Values equal to the recorded ones, a moved root and non-split options may be given.
+    moved = Path(os.path.relpath(root, Path.cwd()))
+    again = FewAnomalyMVTecAD(root=moved, category="cable", seed=7, replay_manifest=original.manifest_path, **FAST)
+    again.setup()
+    assert split_of(again) == split_of(original) and again.repeat_anomalies == 1
+
+
+def test_replay_refuses_conflicting_split_arguments_and_another_datamodule(tmp_path: Path, trees) -> None:
+    root = trees.make_mvtec(tmp_path / "mvtec", category="cable")
+    original = FewAnomalyMVTecAD(root=root, category="cable", n_anomalies=4, seed=7, **FAST)
+    original.setup()
+    manifest = original.write_manifest(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"was written for another split \(setting: manifest 'multi_class', datamodule 'one_class'; seed: "
+        r"manifest 7, datamodule 3\).*remove them \(CLI: --data\.setting, --data\.seed\)",
+    ):
+        FewAnomalyMVTecAD(replay_manifest=manifest, seed=3, setting="one_class", **FAST)
+    with pytest.raises(ValueError, match=r"written by anomalib_bgad\.data\.FewAnomalyMVTecAD, not by .*FewAnomalyBTAD"):
+        FewAnomalyBTAD(replay_manifest=manifest, **FAST)
+
+
+def test_folder_replays_without_its_required_arguments(folder_root: Path, tmp_path: Path, trees) -> None:
+    original = FewAnomalyFolder(**trees.folder_args(folder_root), n_anomalies=3, seed=2, **FAST)
+    original.setup()
+    manifest = original.write_manifest(tmp_path)
+    replayed = FewAnomalyFolder(replay_manifest=manifest, num_workers=0)
+    replayed.setup()
+    assert split_of(replayed) == split_of(original) and replayed.name == "tiny"
+    with pytest.raises(ValueError, match=r"FewAnomalyFolder needs name \(CLI: --data\.name\), or a replay_manifest"):
+        FewAnomalyFolder(normal_dir="good")
+
+
+def test_test_run_keeps_the_training_manifest_and_warns_on_another_split(
+    mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    trained = FewAnomalyMVTecAD(root=mvtec_root, n_anomalies=3, seed=1, **FAST)
+    trained.trainer = SimpleNamespace(default_root_dir=str(run))
+    trained.setup("fit")
+    written = (run / "split_manifest.json").read_text()
+
+    other = FewAnomalyMVTecAD(root=mvtec_root, n_anomalies=5, seed=1, **FAST)
+    other.trainer = SimpleNamespace(default_root_dir=str(run))
+    with caplog.at_level("WARNING"):
+        other.setup("test")
+    assert (run / "split_manifest.json").read_text() == written  # the training record stays
+    assert "split differs from the one the model was trained on" in caplog.text
+    assert f"--data.replay_manifest {run / 'split_manifest.json'}" in caplog.text
+
+    caplog.clear()
+    same = FewAnomalyMVTecAD(replay_manifest=run / "split_manifest.json", num_workers=0)
+    same.trainer = SimpleNamespace(default_root_dir=str(run))
+    with caplog.at_level("WARNING"):
+        same.setup("test")
+    assert "differs" not in caplog.text and SplitManifest.read(run / "split_manifest.json").n_anomalies == 3
+
+
+def test_default_num_workers_fits_the_usable_cpus(mvtec_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 1 <= FewAnomalyMVTecAD(root=mvtec_root).num_workers == default_num_workers() <= 8
+    if hasattr(os, "sched_getaffinity"):
+        assert default_num_workers() <= len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert FewAnomalyMVTecAD(root=mvtec_root).num_workers == 2  # a 2-core machine: 2, not anomalib's 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(32)), raising=False)
+    assert FewAnomalyMVTecAD(root=mvtec_root).num_workers == 8
+    assert FewAnomalyMVTecAD(root=mvtec_root, num_workers=0).num_workers == 0
