@@ -83,6 +83,36 @@ def test_subsampling_bounds_memory_and_is_uniform() -> None:
     assert (sample.values < 50_000).sum() > 400 and (sample.values >= 50_000).sum() > 400
 
 
+def test_panel_titles_say_when_the_values_are_a_subsample() -> None:
+    from anomalib_bgad.models.bgad.boundary_plot import count_label
+
+    assert count_label(200_000, 1_234_567, "normal") == "200,000 of 1.2M normal (random subsample)"
+    assert count_label(1_000, 31_000, "anomalous") == "1,000 of 31,000 anomalous (random subsample)"
+    assert count_label(5_000, 5_000, "anomalous") == "5,000 anomalous"
+    assert count_label(5_000, None, "normal") == "5,000 normal"
+
+
+def test_the_callback_passes_how_many_values_it_saw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from anomalib_bgad.models.bgad import boundary_plot
+    from anomalib_bgad.models.bgad.boundary_plot import _BottomKSample
+
+    captured = {}
+    monkeypatch.setattr(boundary_plot, "write_boundary_histogram", lambda *args, **kwargs: captured.update(kwargs))
+    callback = BoundaryHistogram(output_dir=tmp_path, max_samples=100)
+    generator = torch.Generator().manual_seed(0)
+    callback._normal = [_BottomKSample(100, generator) for _ in range(2)]
+    callback._anomalous = [_BottomKSample(100, generator) for _ in range(2)]
+    callback._normal[0].add(torch.randn(1000))
+    callback._normal[1].add(torch.randn(50))
+    callback._anomalous[0].add(torch.randn(7))
+    module = SimpleNamespace(model=SimpleNamespace(normal_boundary=torch.zeros(2)), loss=SimpleNamespace(tau=0.1))
+    callback.on_test_end(SimpleNamespace(is_global_zero=True, default_root_dir=tmp_path), module)
+    assert captured["normal_seen"] == [1000, 50]
+    assert captured["anomalous_seen"] == [7, 0]
+
+
 @pytest.mark.slow
 def test_anomalib_train_cli_writes_the_histogram(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"

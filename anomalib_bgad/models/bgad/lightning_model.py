@@ -51,6 +51,10 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch.optim import Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from anomalib_bgad.callbacks import CheckpointPathHint, PredictionTable
+from anomalib_bgad.export_logs import quiet_export_logs
+from anomalib_bgad.visualizer import ScoredImageVisualizer
+
 from .boundary_plot import BoundaryHistogram
 from .loss import BgadLoss, all_ranks_true, is_distributed, max_over_ranks
 from .torch_model import BgadModel
@@ -653,6 +657,7 @@ class Bgad(AnomalibModule):
         msg = f"BGAD cannot score {len(names)} image(s), {cause}: {', '.join(names)}. No NaN scores are reported."
         raise ValueError(msg)
 
+    @quiet_export_logs()
     def to_onnx(
         self,
         export_root: os.PathLike | str,
@@ -669,10 +674,15 @@ class Bgad(AnomalibModule):
         return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """anomalib's component callbacks plus :class:`BoundaryHistogram` (writes its PNG after ``test``)."""
+        """anomalib's component callbacks plus the boundary histogram, the prediction table, the ckpt_path hint."""
         callbacks = super().configure_callbacks()
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
-        return [*callbacks, BoundaryHistogram()]
+        return [*callbacks, BoundaryHistogram(), PredictionTable(), CheckpointPathHint()]
+
+    @classmethod
+    def configure_visualizer(cls) -> ScoredImageVisualizer:
+        """anomalib's image visualiser with the score and a colour scale, labels beside the image."""
+        return ScoredImageVisualizer()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """Adam on the flows, cosine decay over ``max_epochs`` to ``learning_rate / 1000``."""
