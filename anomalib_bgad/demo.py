@@ -27,6 +27,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from anomalib_bgad import Bgad
 from anomalib_bgad.data import FewAnomalyMVTecAD
 from anomalib_bgad.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
+from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ def run_demo(
     root, output = Path(root), Path(output)
     categories = list(categories or EMBEDDED_CATEGORIES)
     max_epochs = max_epochs or DEMO_EPOCHS
+    missing = [category for category in categories if not (root / category).is_dir()]
+    if missing:
+        print(f"[demo] generating the embedded dataset ({', '.join(missing)}) in {root} ...", flush=True)
     generate_embedded_dataset(root, seed=seed, categories=categories)
     modes = ["bgad", "nfad"] if compare_nfad else ["bgad"]
     rows: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
@@ -181,7 +185,56 @@ def run_demo(
     (output / "metrics.md").write_text(table + "\n")
     (output / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("\n" + table)
-    for folder in sorted(output.rglob("images")):
-        print(f"Anomaly-map images: {folder}")
-    print(f"Metrics: {output / 'metrics.md'}")
+    print_outputs(root, missing, output, modes, categories)
     return rows
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def print_outputs(
+    root: Path,
+    generated: Sequence[str],
+    output: Path,
+    modes: Sequence[str],
+    categories: Sequence[str],
+) -> None:
+    """Print where the demo's dataset and every output of this run are.
+
+    Args:
+        root (Path): Embedded dataset root.
+        generated (Sequence[str]): Categories this run generated (the others were already there).
+        output (Path): Results folder of the demo.
+        modes (Sequence[str]): Loss modes trained.
+        categories (Sequence[str]): Categories run.
+    """
+    if generated:
+        dataset = f"generated now: {', '.join(generated)}" + (
+            " (the others were already there)" if len(generated) < len(categories) else ""
+        )
+    else:
+        dataset = "already there, reused"
+    print("\n[demo] Outputs")
+    print(f"  dataset (MVTec AD layout, {dataset}): {_display(root)}")
+    print(f"  metrics: {_display(output / 'metrics.md')}, {_display(output / 'metrics.json')}")
+    for mode in modes:
+        for category in categories:
+            # anomalib's layout: <default_root_dir>/<model>/<datamodule>/<category>/latest -> this run's version
+            runs = sorted((output / mode).glob(f"*/*/{category}/latest"))
+            if not runs:
+                continue
+            run = runs[0].resolve()
+            print(f"  {mode} on {category}: {_display(run)}")
+            for name, what in (
+                ("images", "result images"),
+                (FILE_NAME, "boundary histogram"),
+                ("weights/lightning/model.ckpt", "checkpoint"),
+            ):
+                if (run / name).exists():
+                    print(f"    {what}: {_display(run / name)}")
+            manifest = output / mode / category / "split_manifest.json"
+            if manifest.is_file():
+                print(f"    split manifest: {_display(manifest)}")

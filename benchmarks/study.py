@@ -152,7 +152,7 @@ def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         engine.fit(model, datamodule=datamodule)
         train_seconds = time.perf_counter() - start
-    except Exception as error:  # noqa: BLE001 (a failed cell is recorded, the study goes on)
+    except Exception as error:
         return [{**base, "scoring": name, "status": "failed", "error": repr(error)[:500]} for name in job["scorings"]]
     results = []
     for name, scoring in job["scorings"].items():
@@ -178,7 +178,7 @@ def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
                     "device": device_name(job),
                 }
             )
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             results.append({**base, "scoring": name, "status": "failed", "error": repr(error)[:500]})
     del model, engine
     if torch.cuda.is_available():
@@ -220,8 +220,9 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
     new_file = not results_csv.exists()
     with (
         results_csv.open("a", newline="") as handle,
-        ProcessPoolExecutor(parallel, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(environment,))
-        as pool,
+        ProcessPoolExecutor(
+            parallel, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(environment,)
+        ) as pool,
     ):
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         if new_file:
@@ -231,7 +232,7 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
             job = futures[future]
             try:
                 records = future.result()
-            except Exception as error:  # noqa: BLE001 (a crashed worker fails its cell only)
+            except Exception as error:
                 row = job["rows"][0]
                 records = [
                     {"config": job["config"], "scoring": name, "setting": row["study_setting"],
@@ -242,10 +243,15 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
             handle.flush()
             summary = ", ".join(
                 f"{r['scoring']} {r.get('image_AUROC', math.nan):.3f}/{r.get('pixel_AUROC', math.nan):.3f}/"
-                f"{r.get('pixel_AUPRO', math.nan):.3f}" if r["status"] == "ok" else f"{r['scoring']} FAILED"
+                f"{r.get('pixel_AUPRO', math.nan):.3f}"
+                if r["status"] == "ok"
+                else f"{r['scoring']} FAILED"
                 for r in records
             )
-            print(f"[study] {count}/{len(jobs)} {job['config']} {job['category']} seed {job['seed']}: {summary}", flush=True)
+            print(
+                f"[study] {count}/{len(jobs)} {job['config']} {job['category']} seed {job['seed']}: {summary}",
+                flush=True,
+            )
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -271,14 +277,17 @@ def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
         header = "| config | scoring | epochs | train s | " + " | ".join(METRICS) + " | "
         header += " | ".join(f"{c} {m}" for c in categories for m in ("img", "pix", "pro")) + " | cells |"
         lines += [header, "|" + "---|" * (4 + len(METRICS) + 3 * len(categories) + 1)]
-        keys = sorted({(r["config"], r["scoring"]) for r in rows}, key=lambda k: (list(study["configs"]).index(k[0]), k[1]))
+        keys = sorted(
+            {(r["config"], r["scoring"]) for r in rows}, key=lambda k: (list(study["configs"]).index(k[0]), k[1])
+        )
         for config, scoring in keys:
             cells = [r for r in rows if r["config"] == config and r["scoring"] == scoring]
             seeds = sorted({r["seed"] for r in cells})
             metric_text = []
             for metric in METRICS:
                 seed_means = [
-                    sum(float(r[metric]) for r in cells if r["seed"] == seed) / sum(1 for r in cells if r["seed"] == seed)
+                    sum(float(r[metric]) for r in cells if r["seed"] == seed)
+                    / sum(1 for r in cells if r["seed"] == seed)
                     for seed in seeds
                 ]
                 mean, std, _ = mean_std(seed_means)
@@ -299,7 +308,10 @@ def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
     failed = [r for r in results if r["status"] != "ok"]
     if failed:
         lines += ["## Failed cells", ""]
-        lines += [f"- {r['config']} / {r['scoring']} / {r['setting']} / {r['category']} / seed {r['seed']}: {r['error']}" for r in failed]
+        lines += [
+            f"- {r['config']} / {r['scoring']} / {r['setting']} / {r['category']} / seed {r['seed']}: {r['error']}"
+            for r in failed
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,3 +64,31 @@ def run_anomalib() -> Callable[..., subprocess.CompletedProcess]:
     With ``check`` a non-zero exit fails the test with the tail of the output.
     """
     return _run_anomalib
+
+
+@pytest.fixture(scope="session")
+def cli_trained_and_exported(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """``anomalib train`` (1 epoch, 2 coupling blocks) then ``anomalib export --export_type openvino``, once.
+
+    Returns ``checkpoint``, ``model_args`` (what test/predict need to rebuild the model), ``export_root``,
+    ``xml`` and ``export`` (the export's ``CompletedProcess``, output captured), ``cwd``.
+    """
+    cwd = tmp_path_factory.mktemp("cli_run")
+    model_args = ["--model", "anomalib_bgad.Bgad", "--model.coupling_blocks", "2"]
+    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_mvtec_root), "--data.category", "brick"]
+    data += ["--data.train_batch_size", "4", "--data.eval_batch_size", "4", "--data.num_workers", "0"]
+    results = cwd / "results"
+    _run_anomalib(
+        "train", *model_args, *data, "--trainer.max_epochs", "1", "--seed_everything", "0",
+        "--default_root_dir", str(results), cwd=cwd,
+    )  # fmt: skip
+    checkpoint = next(results.rglob("*.ckpt"))
+    export_root = cwd / "export"
+    export = _run_anomalib(
+        "export", "--model", "anomalib_bgad.Bgad", "--ckpt_path", str(checkpoint),
+        "--export_type", "openvino", "--export_root", str(export_root), cwd=cwd,
+    )  # fmt: skip
+    xml = export_root / "weights" / "openvino" / "model.xml"
+    return SimpleNamespace(
+        checkpoint=checkpoint, model_args=model_args, export_root=export_root, xml=xml, export=export, cwd=cwd
+    )

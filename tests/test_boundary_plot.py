@@ -57,7 +57,9 @@ def test_histogram_written_at_test_end_with_the_test_set_likelihoods(tiny_mvtec_
             features = model.model.feature_extractor(model.pre_processor(batch.image))
             for level, log_likelihood in enumerate(model.model.log_likelihood_maps(features)):
                 values = log_likelihood.reshape(-1) / model.model.boundary.normalizer
-                anomalous = downsample_mask(batch.gt_mask, log_likelihood.shape[-2:], log_likelihood.shape[0]).reshape(-1)
+                anomalous = downsample_mask(batch.gt_mask, log_likelihood.shape[-2:], log_likelihood.shape[0]).reshape(
+                    -1
+                )
                 expected_normal[level].append(values[~anomalous])
                 expected_anomalous[level].append(values[anomalous])
     for level in range(3):
@@ -81,6 +83,36 @@ def test_subsampling_bounds_memory_and_is_uniform() -> None:
     assert sample.values.unique().numel() == 1000  # without replacement
     assert 40_000 < sample.values.mean() < 60_000  # uniform over the stream, not the first or last batches
     assert (sample.values < 50_000).sum() > 400 and (sample.values >= 50_000).sum() > 400
+
+
+def test_panel_titles_say_when_the_values_are_a_subsample() -> None:
+    from anomalib_bgad.models.bgad.boundary_plot import count_label
+
+    assert count_label(200_000, 1_234_567, "normal") == "200,000 of 1.2M normal (random subsample)"
+    assert count_label(1_000, 31_000, "anomalous") == "1,000 of 31,000 anomalous (random subsample)"
+    assert count_label(5_000, 5_000, "anomalous") == "5,000 anomalous"
+    assert count_label(5_000, None, "normal") == "5,000 normal"
+
+
+def test_the_callback_passes_how_many_values_it_saw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from anomalib_bgad.models.bgad import boundary_plot
+    from anomalib_bgad.models.bgad.boundary_plot import _BottomKSample
+
+    captured = {}
+    monkeypatch.setattr(boundary_plot, "write_boundary_histogram", lambda *args, **kwargs: captured.update(kwargs))
+    callback = BoundaryHistogram(output_dir=tmp_path, max_samples=100)
+    generator = torch.Generator().manual_seed(0)
+    callback._normal = [_BottomKSample(100, generator) for _ in range(2)]
+    callback._anomalous = [_BottomKSample(100, generator) for _ in range(2)]
+    callback._normal[0].add(torch.randn(1000))
+    callback._normal[1].add(torch.randn(50))
+    callback._anomalous[0].add(torch.randn(7))
+    module = SimpleNamespace(model=SimpleNamespace(normal_boundary=torch.zeros(2)), loss=SimpleNamespace(tau=0.1))
+    callback.on_test_end(SimpleNamespace(is_global_zero=True, default_root_dir=tmp_path), module)
+    assert captured["normal_seen"] == [1000, 50]
+    assert captured["anomalous_seen"] == [7, 0]
 
 
 @pytest.mark.slow

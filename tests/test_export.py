@@ -150,6 +150,7 @@ def test_openvino_inferencer_runs_the_exported_models(
 
 @pytest.mark.slow
 def test_cli_train_export_openvino_and_onnx_then_predict(
+    cli_trained_and_exported,
     tiny_mvtec_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -160,25 +161,17 @@ def test_cli_train_export_openvino_and_onnx_then_predict(
     from anomalib.deploy import OpenVINOInferencer
     from anomalib.deploy.export import ExportType
 
-    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_mvtec_root), "--data.category", "brick"]
-    data += ["--data.train_batch_size", "4", "--data.eval_batch_size", "4", "--data.num_workers", "0"]
-    model = ["--model", "anomalib_bgad.Bgad", "--model.coupling_blocks", "2"]
-    results = tmp_path / "results"
+    checkpoint = cli_trained_and_exported.checkpoint
+    model = cli_trained_and_exported.model_args
+    exports = {ExportType.OPENVINO: cli_trained_and_exported.xml}
+    root = tmp_path / "export_onnx"
     run_anomalib(
-        "train", *model, *data, "--trainer.max_epochs", "1", "--seed_everything", "0",
-        "--default_root_dir", str(results), cwd=tmp_path,
+        "export", "--model", "anomalib_bgad.Bgad", "--ckpt_path", str(checkpoint),
+        "--export_type", "onnx", "--export_root", str(root), cwd=tmp_path,
     )  # fmt: skip
-    checkpoint = next(results.rglob("*.ckpt"))
-    exports = {}
-    for export_type in (ExportType.OPENVINO, ExportType.ONNX):
-        root = tmp_path / f"export_{export_type.value}"
-        run_anomalib(
-            "export", "--model", "anomalib_bgad.Bgad", "--ckpt_path", str(checkpoint),
-            "--export_type", export_type.value, "--export_root", str(root), cwd=tmp_path,
-        )  # fmt: skip
-        suffix = ".xml" if export_type == ExportType.OPENVINO else ".onnx"
-        exports[export_type] = root / "weights" / export_type.value / f"model{suffix}"
-        assert exports[export_type].is_file()
+    exports[ExportType.ONNX] = root / "weights" / "onnx" / "model.onnx"
+    for path in exports.values():
+        assert path.is_file()
 
     images = sorted((tiny_mvtec_root / "brick" / "test").rglob("*.png"))
     predict_root = tmp_path / "predicted"

@@ -9,7 +9,13 @@ import torch
 from anomalib.data import InferenceBatch
 
 from anomalib_bgad import Bgad
-from anomalib_bgad.models.bgad.fibers import downsample_mask, gather_positions, position_groups, steps_per_batch, to_fibers
+from anomalib_bgad.models.bgad.fibers import (
+    downsample_mask,
+    gather_positions,
+    position_groups,
+    steps_per_batch,
+    to_fibers,
+)
 from anomalib_bgad.models.bgad.flow import ConditionalFlow, PositionalSubnet
 from anomalib_bgad.models.bgad.torch_model import BgadModel
 

@@ -76,7 +76,9 @@ def reference_scores(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tens
             for level, feature in enumerate(model.feature_extractor(image)):
                 _, _, height, width = feature.shape
                 log_likelihood = model.fiber_log_likelihood(level, to_fibers(feature), (height, width))
-                distance = model.boundary.b_n[level] - log_likelihood.view(1, 1, height, width) / model.boundary.normalizer
+                distance = (
+                    model.boundary.b_n[level] - log_likelihood.view(1, 1, height, width) / model.boundary.normalizer
+                )
                 upsampled.append(F.interpolate(distance, size=image.shape[-2:], mode="bilinear", align_corners=False))
             maps.append(blur(torch.stack(upsampled).mean(dim=0)))
     anomaly_map = torch.cat(maps)

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,25 @@ class BoundaryHistogram(Callback):
             boundary,
             tau,
             bins=self.bins,
+            normal_seen=[sample.seen for sample in self._normal],
+            anomalous_seen=[sample.seen for sample in self._anomalous],
         )
         logger.info("Wrote the BGAD boundary histogram to %s", self.path)
+
+
+def count_label(kept: int, seen: int | None, name: str) -> str:
+    """How many values of a class a panel shows, saying so when they are a subsample.
+
+    Example:
+        >>> count_label(200_000, 1_234_567, "normal")
+        '200,000 of 1.2M normal (random subsample)'
+        >>> count_label(5_000, 5_000, "anomalous")
+        '5,000 anomalous'
+    """
+    if seen is None or seen <= kept:
+        return f"{kept:,} {name}"
+    total = f"{seen / 1e6:.1f}M" if seen >= 1_000_000 else f"{seen:,}"
+    return f"{kept:,} of {total} {name} (random subsample)"
 
 
 def write_boundary_histogram(
@@ -168,6 +186,8 @@ def write_boundary_histogram(
     normal_boundary: torch.Tensor,
     tau: float,
     bins: int = 100,
+    normal_seen: Sequence[int] | None = None,
+    anomalous_seen: Sequence[int] | None = None,
 ) -> Path:
     """Plot one panel per level: normal (blue) and anomalous (red) ``ln`` densities, ``b_n`` and ``b_a = b_n - tau``.
 
@@ -178,6 +198,9 @@ def write_boundary_histogram(
         normal_boundary (torch.Tensor): ``b_n`` per level.
         tau (float): Margin, ``b_a = b_n - tau``.
         bins (int): Histogram bins. Defaults to ``100``.
+        normal_seen (Sequence[int] | None): Normal values per level before subsampling; panel titles say
+            "kept of seen (random subsample)" where fewer were kept. Defaults to ``None``: all values were kept.
+        anomalous_seen (Sequence[int] | None): The same for the anomalous values. Defaults to ``None``.
 
     Returns:
         Path: The written file.
@@ -206,7 +229,11 @@ def write_boundary_histogram(
                 axis.hist(clipped, bins=bins, range=(low, high), density=True, alpha=0.55, color=color, label=label)
         axis.axvline(b_n, color="black", linestyle="-", linewidth=1.5, label=f"$b_n$ = {b_n:.3f}")
         axis.axvline(b_a, color="black", linestyle="--", linewidth=1.5, label=f"$b_a = b_n - \\tau$ = {b_a:.3f}")
-        axis.set_title(f"level {level}: {normal[level].numel()} normal / {anomalous[level].numel()} anomalous")
+        counts = (
+            count_label(normal[level].numel(), normal_seen[level] if normal_seen else None, "normal"),
+            count_label(anomalous[level].numel(), anomalous_seen[level] if anomalous_seen else None, "anomalous"),
+        )
+        axis.set_title(f"level {level}\n{counts[0]} / {counts[1]}", fontsize="medium")
         axis.set_xlabel("normalised log-likelihood  $l / \\alpha$ (tails clipped)")
         axis.set_ylabel("density")
         axis.legend(loc="upper left", fontsize="small")

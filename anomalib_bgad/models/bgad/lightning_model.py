@@ -45,7 +45,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch.autograd.graph import increment_version
 
+from anomalib_bgad.callbacks import CheckpointPathHint, PredictionTable
 from anomalib_bgad.data.predict import use_project_reader
+from anomalib_bgad.export_logs import quiet_export_logs
+from anomalib_bgad.visualizer import ScoredImageVisualizer
 
 from . import checkpoint
 from .boundary import map_legacy_state
@@ -450,6 +453,7 @@ class Bgad(AnomalibModule):
         check_finite_scores(predictions.pred_score, predictions.anomaly_map, batch.image, list(batch.image_path or []))
         return batch.update(**predictions._asdict())
 
+    @quiet_export_logs()
     def to_onnx(
         self,
         export_root: os.PathLike | str,
@@ -475,10 +479,18 @@ class Bgad(AnomalibModule):
         use_project_reader(self.trainer)
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """anomalib's component callbacks plus :class:`BoundaryHistogram` (writes its PNG after ``test``)."""
+        """anomalib's component callbacks, :class:`BoundaryHistogram` (its PNG after ``test``),
+        :class:`~anomalib_bgad.callbacks.PredictionTable` (``predictions.csv`` after ``predict``) and
+        :class:`~anomalib_bgad.callbacks.CheckpointPathHint` (a hint when an exported model is given as checkpoint).
+        """
         callbacks = super().configure_callbacks()
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
-        return [*callbacks, BoundaryHistogram()]
+        return [*callbacks, BoundaryHistogram(), PredictionTable(), CheckpointPathHint()]
+
+    @classmethod
+    def configure_visualizer(cls) -> ScoredImageVisualizer:
+        """anomalib's image visualiser with the score and a colour scale, labels beside the image."""
+        return ScoredImageVisualizer()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """Adam on the flows with the ``lr_schedule`` (:mod:`.schedule`)."""
