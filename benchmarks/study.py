@@ -200,6 +200,10 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
         from anomalib_bgad.embedded import generate_embedded_dataset
 
         generate_embedded_dataset(root, categories=study["dataset"]["categories"], **study["dataset"]["embedded"])
+    from benchmarks.worker import _install_offline_weights
+
+    for config in study["configs"].values():  # the peers' timm backbones load offline from the HF cache
+        _install_offline_weights(config.get("init_args", {}).get("backbone"))
     rows = split_rows(study, output)
     make_splits(study, rows)
     results_csv = output / "results.csv"

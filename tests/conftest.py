@@ -19,6 +19,15 @@ ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 TINY_TREE = {"image_size": 64, "n_train": 6, "n_test_good": 3, "n_test_per_defect": 2}
 
 
+@pytest.fixture(autouse=True)
+def _seed_numpy() -> None:
+    """FrEIA draws the flows' soft permutations from numpy's global RNG, which ``torch.manual_seed`` leaves alone:
+    seed it for every test, so that a test's models are the same in every run."""
+    import numpy as np
+
+    np.random.seed(0)
+
+
 @pytest.fixture(scope="session")
 def tiny_mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MVTec-format tree with one category ``brick`` (64 px, 6 train, 3 good + 10 defective test images)."""
