@@ -109,7 +109,7 @@ def test_the_callback_passes_how_many_values_it_saw(tmp_path: Path, monkeypatch:
     callback._normal[0].add(torch.randn(1000))
     callback._normal[1].add(torch.randn(50))
     callback._anomalous[0].add(torch.randn(7))
-    module = SimpleNamespace(model=SimpleNamespace(normal_boundary=torch.zeros(2)), loss=SimpleNamespace(tau=0.1))
+    module = SimpleNamespace(model=SimpleNamespace(boundary=SimpleNamespace(b_n=torch.zeros(2), tau=0.1)))
     callback.on_test_end(SimpleNamespace(is_global_zero=True, default_root_dir=tmp_path), module)
     assert captured["normal_seen"] == [1000, 50]
     assert captured["anomalous_seen"] == [7, 0]
