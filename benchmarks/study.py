@@ -155,14 +155,17 @@ def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
     except Exception as error:
         return [{**base, "scoring": name, "status": "failed", "error": repr(error)[:500]} for name in job["scorings"]]
     results = []
+    trained_generator = getattr(model.model, "anomaly_map_generator", None)
     for name, scoring in job["scorings"].items():
         try:
-            if scoring:
+            if scoring:  # every variant starts from the trained model's own scoring settings
                 from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
 
-                generator = model.model.anomaly_map_generator
-                options = {"sigma": 4.0, "level_aggregation": generator.level_aggregation, **scoring}
+                hparams = model.hparams
+                options = {"sigma": hparams["sigma"], "level_aggregation": hparams["level_aggregation"], **scoring}
                 model.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(model.device)
+            elif trained_generator is not None:
+                model.model.anomaly_map_generator = trained_generator
             start = time.perf_counter()
             predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
             metrics = compute_metrics(predictions)
@@ -196,7 +199,7 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
     output.mkdir(parents=True, exist_ok=True)
     work = Path(study.get("work_dir", "results/studies")) / study["study"]
     root = Path(study["dataset"]["root"])
-    if not root.exists() and "embedded" in study["dataset"]:
+    if "embedded" in study["dataset"]:  # generates the categories that are missing; keeps those already there
         from anomalib_bgad.embedded import generate_embedded_dataset
 
         generate_embedded_dataset(root, categories=study["dataset"]["categories"], **study["dataset"]["embedded"])
