@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from anomalib.data import ImageBatch, ImageItem, NumpyImageBatch, NumpyImageItem
 from anomalib.post_processing import PostProcessor
 from anomalib.utils.path import convert_to_title_case, generate_output_filename
@@ -59,6 +60,13 @@ def field_title(field: str) -> str:
     """Readable name of a batch field: ``"gt_mask"`` -> ``"Ground truth"``."""
     return FIELD_TITLES.get(field, convert_to_title_case(field))
 
+
+
+def _first(value: object) -> float:
+    """The first element of a score or label given as a tensor (on any device), array or number."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    return float(np.asarray(value).reshape(-1)[0])
 
 class ScoredImageVisualizer(ImageVisualizer):
     """Image visualiser that shows the score and a colour scale and keeps labels off the image.
@@ -180,10 +188,10 @@ class ScoredImageVisualizer(ImageVisualizer):
         score = getattr(item, "pred_score", None)
         if score is not None:
             threshold = f" (threshold {self.image_threshold:.2f})" if self.image_threshold is not None else ""
-            verdict = f"score {float(np.asarray(score).reshape(-1)[0]):.3f}{threshold}"
+            verdict = f"score {_first(score):.3f}{threshold}"
         label = getattr(item, "pred_label", None)
         if label is not None:
-            word = "anomalous" if bool(np.asarray(label).reshape(-1)[0]) else "normal"
+            word = "anomalous" if bool(_first(label)) else "normal"
             verdict = f"{verdict}: {word}" if verdict else word
         if verdict:
             parts.append(verdict)

@@ -135,16 +135,26 @@ def make_splits(study: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 
 
 def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train one configuration on one split, then score it with each of its scoring variants."""
+    """Train one configuration on its first split, then score every split of the job with each scoring variant.
+
+    A job holds one split, or, for ``train_once`` configurations (the peers, whose training images are the normal
+    ones of the category whatever the seed and setting), every split of its category.
+    """
     import shutil
 
     import torch
 
     from benchmarks.epoch_clock import EpochClock
-    from benchmarks.worker import _start_training, build_engine, compute_metrics, device_name
+    from benchmarks.worker import _start_training, build_datamodule, build_engine, compute_metrics, device_name
 
-    row = job["rows"][0]
-    base = {"config": job["config"], "setting": row["study_setting"], "category": row["category"], "seed": row["seed"]}
+    def where(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "config": job["config"],
+            "setting": row["study_setting"],
+            "category": row["category"],
+            "seed": row["seed"],
+        }
+
     try:
         model, datamodule = _start_training(job)
         clock = EpochClock()
@@ -152,37 +162,41 @@ def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         engine.fit(model, datamodule=datamodule)
         train_seconds = time.perf_counter() - start
-    except Exception as error:
-        return [{**base, "scoring": name, "status": "failed", "error": repr(error)[:500]} for name in job["scorings"]]
+    except Exception as error:  # a failed cell is recorded, the study goes on
+        failed = {"status": "failed", "error": repr(error)[:500]}
+        return [{**where(row), "scoring": name, **failed} for row in job["rows"] for name in job["scorings"]]
     results = []
     trained_generator = getattr(model.model, "anomaly_map_generator", None)
-    for name, scoring in job["scorings"].items():
-        try:
-            if scoring:  # every variant starts from the trained model's own scoring settings
-                from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
+    for index, row in enumerate(job["rows"]):
+        if index:
+            datamodule = build_datamodule(job, row)
+        for name, scoring in job["scorings"].items():
+            try:
+                if scoring:  # every variant starts from the trained model's own scoring settings
+                    from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
 
-                hparams = model.hparams
-                options = {"sigma": hparams["sigma"], "level_aggregation": hparams["level_aggregation"], **scoring}
-                model.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(model.device)
-            elif trained_generator is not None:
-                model.model.anomaly_map_generator = trained_generator
-            start = time.perf_counter()
-            predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
-            metrics = compute_metrics(predictions)
-            results.append(
-                {
-                    **base,
-                    "scoring": name,
-                    "status": "ok",
-                    **{metric: metrics[metric] for metric in METRICS},
-                    "epochs": len(clock.ends),
-                    "train_s": round(train_seconds, 2),
-                    "test_s": round(time.perf_counter() - start, 2),
-                    "device": device_name(job),
-                }
-            )
-        except Exception as error:
-            results.append({**base, "scoring": name, "status": "failed", "error": repr(error)[:500]})
+                    hparams = model.hparams
+                    options = {"sigma": hparams["sigma"], "level_aggregation": hparams["level_aggregation"], **scoring}
+                    model.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(model.device)
+                elif trained_generator is not None:
+                    model.model.anomaly_map_generator = trained_generator
+                start = time.perf_counter()
+                predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
+                metrics = compute_metrics(predictions)
+                results.append(
+                    {
+                        **where(row),
+                        "scoring": name,
+                        "status": "ok",
+                        **{metric: metrics[metric] for metric in METRICS},
+                        "epochs": len(clock.ends),
+                        "train_s": round(train_seconds, 2),
+                        "test_s": round(time.perf_counter() - start, 2),
+                        "device": device_name(job),
+                    }
+                )
+            except Exception as error:  # one variant failing must not lose the others
+                results.append({**where(row), "scoring": name, "status": "failed", "error": repr(error)[:500]})
     del model, engine
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -215,13 +229,23 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
         for r in read_results(results_csv)
         if r["status"] == "ok"
     }
-    jobs = [
-        _job(study, name, row, work)
-        for name, config in study["configs"].items()
-        for row in rows
-        if row["study_setting"] in config.get("settings", study["settings"])
-        and (name, row["study_setting"], row["category"], str(row["seed"])) not in done
-    ]
+    jobs = []
+    for name, config in study["configs"].items():
+        todo = [
+            row
+            for row in rows
+            if row["study_setting"] in config.get("settings", study["settings"])
+            and (name, row["study_setting"], row["category"], str(row["seed"])) not in done
+        ]
+        if not config.get("train_once"):
+            jobs += [_job(study, name, row, work) for row in todo]
+            continue
+        for category in study["dataset"]["categories"]:  # one training per category, tested on all its splits
+            mine = [row for row in todo if row["category"] == category]
+            if mine:
+                job = _job(study, name, mine[0], work)
+                job["rows"] = mine
+                jobs.append(job)
     print(f"[study] {len(jobs)} cells to run, {parallel} at a time", flush=True)
     environment = {"OMP_NUM_THREADS": str(study.get("threads", 2)), "HF_HUB_OFFLINE": "1"}
     new_file = not results_csv.exists()

@@ -47,11 +47,26 @@ def test_training_testing_and_scores_on_cuda_match_the_cpu(tiny_mvtec_root: Path
             seed=3,
         )
 
+    from lightning.pytorch import Callback
+
+    devices: list[str] = []
+
+    class TrainingDevice(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            devices.append(pl_module.device.type)
+
     seed_everything(3)
     model = small_model()
-    engine = Engine(max_epochs=3, default_root_dir=tmp_path, accelerator="gpu", devices=1, logger=False)
+    engine = Engine(
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        accelerator="gpu",
+        devices=1,
+        logger=False,
+        callbacks=[TrainingDevice()],
+    )
     engine.fit(model, datamodule=datamodule())
-    assert model.device.type == "cuda"
+    assert set(devices) == {"cuda"}  # Lightning moves the model back to the CPU after fit
     (metrics,) = engine.test(model, datamodule=datamodule(), verbose=False)
     assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
     assert model.feature_cache is not None and model.feature_cache.hits > 0  # cached features reused on the GPU
@@ -59,7 +74,7 @@ def test_training_testing_and_scores_on_cuda_match_the_cpu(tiny_mvtec_root: Path
 
     # The trained weights score the same images alike on the GPU and on the CPU (float rounding only).
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    model.eval()
+    model.cuda().eval()
     with torch.no_grad():
         on_gpu = model.model(model.pre_processor(images.cuda()))
         cpu_model = model.cpu()

@@ -3,19 +3,18 @@
 The backbone is frozen, so an image's features never change during training: only the flows learn. Recomputing
 them every epoch is wasted work (on 2 CPU cores, a quarter of a training epoch once the flows are fast).
 
-The cache is keyed by the image's **content**, not its path: an exact integer fingerprint of the bits of the
-pre-processed image tensor. An augmented or regenerated image (a pseudo anomaly carries the path of the normal
+The cache is keyed by the image's **content**, not its path: a BLAKE2b digest of the bytes of the pre-processed
+image tensor. An augmented or regenerated image (a pseudo anomaly carries the path of the normal
 image it was pasted on) gets another key, misses, and has its features computed; nothing stale is ever served.
 Entries not used during an epoch are dropped at its end, so regenerated pseudo anomalies do not pile up.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
-
-_SEED = 0x5EED_BDAD
 
 
 class FeatureCache:
@@ -28,9 +27,8 @@ class FeatureCache:
 
     def __init__(self, max_images: int = 100_000) -> None:
         self.max_images = max_images
-        self._store: dict[tuple[int, int], list[torch.Tensor]] = {}
-        self._used: set[tuple[int, int]] = set()
-        self._weights: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._store: dict[bytes, list[torch.Tensor]] = {}
+        self._used: set[bytes] = set()
         self.hits = 0
         self.misses = 0
 
@@ -38,33 +36,18 @@ class FeatureCache:
         """Images stored."""
         return len(self._store)
 
-    def fingerprints(self, images: torch.Tensor) -> list[tuple[int, int]]:
-        """An exact, order-independent 2 x 64-bit fingerprint of every image's bits.
-
-        Each float32 value is split into its two 16-bit halves and summed with two fixed pseudo-random weight
-        vectors below ``2**24``: every product is below ``2**40`` and the sums stay below ``2**63`` for up to
-        ``2**22`` values per image, so the integer arithmetic never overflows and does not depend on the
-        reduction order (same result on any device and batch size). One host synchronisation per call.
+    @staticmethod
+    def fingerprints(images: torch.Tensor) -> list[bytes]:
+        """A BLAKE2b digest of every image's bytes: an exact content key (one host copy per batch on a GPU).
 
         Args:
-            images (torch.Tensor): ``(B, ...)`` float32 images.
+            images (torch.Tensor): ``(B, ...)`` images.
 
         Returns:
-            list[tuple[int, int]]: One key per image.
+            list[bytes]: One 16-byte key per image.
         """
-        bits = images.detach().float().contiguous().view(torch.int32).flatten(1).to(torch.int64)
-        halves = torch.cat([bits & 0xFFFF, (bits >> 16) & 0xFFFF], dim=1)
-        weights = self._weight_table(halves.shape[1], halves.device)
-        # Elementwise products and sums: CUDA has no int64 matrix product.
-        sums = torch.stack([(halves * column).sum(dim=1) for column in weights], dim=1)  # (B, 2)
-        return [tuple(row) for row in sums.tolist()]
-
-    def _weight_table(self, size: int, device: torch.device) -> torch.Tensor:
-        key = (size, device)
-        if key not in self._weights:
-            generator = torch.Generator().manual_seed(_SEED)
-            self._weights[key] = torch.randint(1, 2**24, (2, size), generator=generator, dtype=torch.int64).to(device)
-        return self._weights[key]
+        pixels = images.detach().contiguous().cpu().numpy()
+        return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in pixels]
 
     def __call__(
         self,
@@ -83,7 +66,7 @@ class FeatureCache:
         """
         keys = self.fingerprints(images)
         missing = [index for index, key in enumerate(keys) if key not in self._store]
-        computed: dict[tuple[int, int], list[torch.Tensor]] = {}
+        computed: dict[bytes, list[torch.Tensor]] = {}
         if missing:
             features = extract(images[missing] if len(missing) < len(keys) else images)
             for row, index in enumerate(missing):
