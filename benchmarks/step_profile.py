@@ -185,8 +185,10 @@ def summarize_profile(events: Sequence[Any], epochs: Sequence[dict[str, Any]]) -
         epochs (Sequence[dict[str, Any]]): Per profiled epoch ``{"epoch", "phase", "samples", "batches"}``, in
             the order of the ``step_profile/epoch`` markers.
     """
-    markers = sorted((e for e in events if e.name.startswith(EPOCH_MARKER)), key=lambda e: e.time_range.start)
-    batches = [(e.time_range.start, e.time_range.end) for e in events if e.name == BATCH_MARKER]
+    # With CUDA activities every record_function range also appears as a device-side event: keep the host ones.
+    host = [e for e in events if str(getattr(e, "device_type", "CPU")).endswith("CPU")]
+    markers = sorted((e for e in host if e.name.startswith(EPOCH_MARKER)), key=lambda e: e.time_range.start)
+    batches = [(e.time_range.start, e.time_range.end) for e in host if e.name == BATCH_MARKER]
     if len(markers) != len(epochs):
         msg = f"The profile holds {len(markers)} epoch markers for {len(epochs)} epochs: the profile is incomplete."
         raise RuntimeError(msg)
