@@ -61,12 +61,12 @@ def field_title(field: str) -> str:
     return FIELD_TITLES.get(field, convert_to_title_case(field))
 
 
-
 def _first(value: object) -> float:
     """The first element of a score or label given as a tensor (on any device), array or number."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
     return float(np.asarray(value).reshape(-1)[0])
+
 
 class ScoredImageVisualizer(ImageVisualizer):
     """Image visualiser that shows the score and a colour scale and keeps labels off the image.

@@ -377,7 +377,7 @@ def test_mid_epoch_training_state_survives_a_checkpoint_round_trip(small_bgad_kw
     source.model.boundary.accumulate(1, torch.tensor(-0.75), yes)
     for ok in (yes, no, no):
         source.guard.check_step(ok, yes, yes)
-    source.nonfinite_fibers.count, source._finished_epoch = 3, 4
+    source.nonfinite_fibers.count, source.epoch_record.finished_epoch = 3, 4
     checkpoint = {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}
     source.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "state.ckpt")
@@ -385,7 +385,7 @@ def test_mid_epoch_training_state_survives_a_checkpoint_round_trip(small_bgad_kw
     target = small_model(small_bgad_kwargs)
     target.on_load_checkpoint(checkpoint)
     assert target.guard.training_state() == {"steps": 3, "skipped": 2, "run": 2, "problem": 1}
-    assert (target.nonfinite_fibers.count, target._finished_epoch) == (3, 4)
+    assert (target.nonfinite_fibers.count, target.epoch_record.finished_epoch) == (3, 4)
     target.model.boundary.finish_epoch()
     assert target.model.boundary.b_n.tolist() == [-0.375, -0.75, 0.0]
 

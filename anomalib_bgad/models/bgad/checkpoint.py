@@ -105,3 +105,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def training_state(module: Any) -> dict[str, Any]:
+    """A :class:`~.lightning_model.Bgad`'s training state outside the state dict, for ``on_save_checkpoint``.
+
+    The epoch's boundary sums and step counters (so that a run resumed mid-epoch still averages the whole epoch),
+    the non-finite counters, and the global RNG states: plain data and tensors that load with ``weights_only``.
+    """
+    return {
+        "boundary": module.model.boundary.training_state(),
+        "guard": module.guard.training_state(),
+        **module.epoch_record.state(),
+        "epoch_nonfinite_fibers": module.nonfinite_fibers.count,
+        "rng": rng_state(),
+    }
+
+
+def restore_training_state(module: Any, state: dict[str, Any] | None, resuming: bool) -> None:
+    """Restore what :func:`training_state` saved; with ``resuming`` (a fit from ``ckpt_path``) the RNG streams too.
+
+    0.1.0 checkpoints hold another training state: nothing is restored from them (they resume at an epoch start).
+    """
+    if not state or "guard" not in state:
+        return
+    module.model.boundary.load_training_state(state["boundary"])
+    module.guard.load_training_state(state["guard"])
+    module.epoch_record.load(state, module.device)
+    module.nonfinite_fibers.count = state["epoch_nonfinite_fibers"]
+    # Lightning builds the first train iterator right after on_load_checkpoint: continuing the global RNG streams
+    # (e.g. a RandomSampler's shuffle) makes the resumed run draw what the interrupted one would have.
+    if resuming and "rng" in state:
+        set_rng_state(state["rng"])

@@ -54,6 +54,7 @@ from . import checkpoint
 from .boundary import map_legacy_state
 from .boundary_plot import BoundaryHistogram
 from .distributed import all_ranks_true, max_over_ranks
+from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
 from .fibers import batch_position_groups, downsample_mask, gather_positions, steps_per_batch
 from .loss import BgadLoss
@@ -66,15 +67,12 @@ from .numerics import (
     training_advice,
 )
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
-from .schedule import build_optimizer, build_scheduler, check_schedule
+from .schedule import apply_default_epochs, build_optimizer, build_scheduler, check_schedule
 from .torch_model import BgadModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Bgad", "NonFiniteTrainingError"]
-
-# Epochs when the trainer's limit is Lightning's fallback for "not set" (1000): see ``setup``.
-DEFAULT_MAX_EPOCHS = 30
 
 
 class Bgad(AnomalibModule):
@@ -190,10 +188,7 @@ class Bgad(AnomalibModule):
             nonfinite_patience, training_advice(learning_rate, backbone, gradient_clip_norm, clamp_alpha)
         )
         self.nonfinite_fibers = NonFiniteFibers()
-        # Epoch state outside the state dict, saved with every checkpoint (see on_save_checkpoint).
-        self._epoch_sums: torch.Tensor | None = None  # see _optimizer_step
-        self._finished_epoch = -1  # last epoch whose boundary/LR update was applied
-        self._warned_no_anomalies = False
+        self.epoch_record = EpochRecord()  # epoch state outside the state dict, saved with every checkpoint
 
     @property
     def in_phase2(self) -> bool:
@@ -309,9 +304,7 @@ class Bgad(AnomalibModule):
         increment_version(list(self.model.flows.parameters()))
         for level, (b_n, valid) in enumerate(estimates):
             boundary.accumulate(level, b_n, ok & valid)
-        # Epoch sums: loss terms of the steps taken, steps taken, anomalous fibers seen.
-        sums = torch.cat([torch.where(ok, terms_sum, 0.0), ok.float().view(1), anomalous_fibers.view(1)])
-        self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+        self.epoch_record.add_step(terms_sum, ok, anomalous_fibers)
 
     def _finish_epoch_if_last_batch(self, batch_idx: int) -> None:
         """Apply the epoch's boundary/LR update right after its last batch, before epoch-end validation."""
@@ -333,36 +326,22 @@ class Bgad(AnomalibModule):
             NonFiniteTrainingError: If more than half of the epoch's steps were skipped, or the flows' weights
                 became non-finite.
         """
-        if self._finished_epoch == self.current_epoch:
+        if self.epoch_record.finished_epoch == self.current_epoch:
             return
         skipped = self.guard.finish_epoch(self.current_epoch)
         self.model.boundary.finish_epoch()
         if not all(bool(torch.isfinite(p).all()) for p in self.model.flows.parameters()):
             raise NonFiniteTrainingError(self.guard.message("the flow weights became non-finite"))
-        sums = self._epoch_sums.tolist() if self._epoch_sums is not None else [0.0] * 6
-        self._epoch_sums = None
-        if self.in_phase2 and self.loss.mode.uses_anomalies and sums[5] == 0 and not self._warned_no_anomalies:
-            logger.warning(
-                "BGAD phase 2 saw no anomalous pixels in the training data: training on normal images only "
-                "(BG-SPP pull term, no push). Use a few-anomaly datamodule, e.g. anomalib_bgad.data."
-                "FewAnomalyMVTecAD(n_anomalies=10), to train with labeled defects.",
-            )
-            self._warned_no_anomalies = True
+        metrics = self.epoch_record.finish(self.in_phase2 and self.loss.mode.uses_anomalies)
         if self.lr_schedule == "cosine" and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
-        self._finished_epoch = self.current_epoch
-        steps = max(sums[4], 1.0)
-        epoch_state = {
-            f"train_{name}": value / steps
-            for name, value in zip(("loss", "ml_loss", "pull_loss", "push_loss"), sums, strict=False)
-        }
-        b_n = self.model.boundary.b_n.tolist()
-        epoch_state.update({f"boundary_level{level}": value for level, value in enumerate(b_n)})
-        epoch_state["train_nonfinite_steps"] = float(skipped)
-        epoch_state["train_nonfinite_fibers"] = float(self.nonfinite_fibers.reset_count())
+        self.epoch_record.finished_epoch = self.current_epoch
+        metrics.update({f"boundary_level{level}": b_n for level, b_n in enumerate(self.model.boundary.b_n.tolist())})
+        metrics["train_nonfinite_steps"] = float(skipped)
+        metrics["train_nonfinite_fibers"] = float(self.nonfinite_fibers.reset_count())
         # Logged here (inside the last training step) so that callbacks see them in their on_train_epoch_end.
-        self.log("train_loss", epoch_state.pop("train_loss"), on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
-        self.log_dict(epoch_state, on_step=False, on_epoch=True, batch_size=1)
+        self.log("train_loss", metrics.pop("train_loss"), on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
         if self.feature_cache is not None:
             self.feature_cache.end_epoch()
 
@@ -371,21 +350,10 @@ class Bgad(AnomalibModule):
         self._finish_epoch()
 
     def setup(self, stage: str) -> None:
-        """Give an unset epoch limit a default that converges.
-
-        anomalib's CLI passes no epoch limit unless ``--trainer.max_epochs`` is given, and Lightning then falls back
-        to 1000 epochs. Since the learning-rate schedule spans the whole run, BGAD treats that fallback as "not set"
-        and trains for ``DEFAULT_MAX_EPOCHS`` (logged).
-        """
+        """Give an unset epoch limit BGAD's default (:func:`.schedule.apply_default_epochs`)."""
         super().setup(stage)
-        trainer = self._trainer
-        if stage == "fit" and trainer is not None and trainer.max_epochs == 1000 and trainer.max_steps == -1:
-            logger.info(
-                "BGAD: max_epochs not set (Lightning's fallback 1000); training %d epochs. Set --trainer.max_epochs "
-                "to change it.",
-                DEFAULT_MAX_EPOCHS,
-            )
-            trainer.fit_loop.max_epochs = DEFAULT_MAX_EPOCHS
+        if stage == "fit" and self._trainer is not None:
+            apply_default_epochs(self._trainer)
 
     def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; save the training state outside the state dict.
@@ -398,15 +366,7 @@ class Bgad(AnomalibModule):
         """
         super().on_save_checkpoint(checkpoint_dict)
         check_finite_weights(checkpoint_dict.get("state_dict", {}), self.guard)
-        checkpoint_dict["bgad_training_state"] = {
-            "boundary": self.model.boundary.training_state(),
-            "guard": self.guard.training_state(),
-            "epoch_sums": self._epoch_sums.tolist() if self._epoch_sums is not None else None,
-            "epoch_nonfinite_fibers": self.nonfinite_fibers.count,
-            "finished_epoch": self._finished_epoch,
-            "warned_no_anomalies": self._warned_no_anomalies,
-            "rng": checkpoint.rng_state(),
-        }
+        checkpoint_dict["bgad_training_state"] = checkpoint.training_state(self)
 
     def on_load_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Map 0.1.0 keys, check that the checkpoint fits this model, then restore the training state.
@@ -419,20 +379,8 @@ class Bgad(AnomalibModule):
         own = {key: value for key, value in self.state_dict().items() if key.startswith("model.")}
         checkpoint.check_compatible(checkpoint_dict, dict(self.hparams), own)
         super().on_load_checkpoint(checkpoint_dict)
-        state = checkpoint_dict.get("bgad_training_state")
-        if not state or "guard" not in state:  # 0.1.0 training state: nothing to resume mid-epoch
-            return
-        self.model.boundary.load_training_state(state["boundary"])
-        self.guard.load_training_state(state["guard"])
-        sums = state["epoch_sums"]
-        self._epoch_sums = torch.tensor(sums, device=self.device) if sums is not None else None
-        self.nonfinite_fibers.count = state["epoch_nonfinite_fibers"]
-        self._finished_epoch = state["finished_epoch"]
-        self._warned_no_anomalies = state["warned_no_anomalies"]
-        # Resuming a fit (Trainer ckpt_path): continue the global RNG streams (e.g. a RandomSampler's shuffle)
-        # where the interrupted run left them. Lightning builds the first train iterator right after this hook.
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and "rng" in state:
-            checkpoint.set_rng_state(state["rng"])
+        resuming = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        checkpoint.restore_training_state(self, checkpoint_dict.get("bgad_training_state"), resuming)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score a validation batch.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim import Adam, Optimizer
@@ -25,6 +26,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 logger = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("one_cycle", "cosine")
+# Epochs when the trainer's limit is Lightning's fallback for "not set" (1000): see apply_default_epochs.
+DEFAULT_MAX_EPOCHS = 30
+LIGHTNING_FALLBACK_EPOCHS = 1000
 WARMUP_FRACTION = 0.1
 INITIAL_LR_FRACTION = 1 / 25  # one-cycle warm-up start (torch's OneCycleLR default)
 FINAL_LR_FRACTION = 1e-3  # both schedules end at learning_rate / 1000
@@ -93,3 +97,22 @@ def build_scheduler(
         return None
     total = int(total_batches)
     return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total))
+
+
+def apply_default_epochs(trainer: Any) -> None:
+    """Give a fit without an epoch limit BGAD's default, ``DEFAULT_MAX_EPOCHS`` (logged).
+
+    anomalib's CLI passes no epoch limit unless ``--trainer.max_epochs`` is given, and Lightning then falls back to
+    1000 epochs. The learning-rate schedule spans the whole run, so BGAD treats that fallback as "not set".
+
+    Args:
+        trainer (Any): The Lightning trainer, before the fit loop starts.
+    """
+    if trainer.max_epochs == LIGHTNING_FALLBACK_EPOCHS and trainer.max_steps == -1:
+        logger.info(
+            "BGAD: max_epochs not set (Lightning's fallback %d); training %d epochs. Set --trainer.max_epochs to "
+            "change it.",
+            LIGHTNING_FALLBACK_EPOCHS,
+            DEFAULT_MAX_EPOCHS,
+        )
+        trainer.fit_loop.max_epochs = DEFAULT_MAX_EPOCHS
