@@ -99,3 +99,40 @@ def test_a_nonfinite_step_is_skipped_on_the_device(tiny_mvtec_root: Path, tmp_pa
         trainer.fit(model, datamodule=datamodule)
     assert torch.isfinite(model.model.boundary.b_n).all()
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_cuda_graphs_train_the_same_flows_as_eager_kernels(tiny_mvtec_root: Path, tmp_path: Path) -> None:
+    """The graphed training path computes what the eager one does (float rounding only), and is really used."""
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from anomalib_bgad.data import FewAnomalyMVTecAD
+
+    captured: list[int] = []
+
+    class GraphCount(Callback):
+        def on_train_end(self, trainer, pl_module) -> None:
+            graphed = pl_module.model.graphed_flows
+            captured.append(len(graphed._graphs) if graphed is not None else 0)
+
+    states = {}
+    for graphs in (True, False):
+        seed_everything(3)
+        model = small_model(cuda_graphs=graphs)
+        datamodule = FewAnomalyMVTecAD(
+            root=tiny_mvtec_root, category="brick", n_anomalies=2, train_batch_size=4, num_workers=0, seed=3
+        )
+        trainer = Trainer(
+            max_epochs=2,
+            accelerator="gpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            default_root_dir=tmp_path / str(graphs),
+            callbacks=[GraphCount()],
+        )
+        trainer.fit(model, datamodule=datamodule)
+        states[graphs] = {key: value.detach().cpu() for key, value in model.model.state_dict().items()}
+    assert captured[0] > 0 and captured[1] == 0
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, atol=1e-4, rtol=1e-4, msg=key)

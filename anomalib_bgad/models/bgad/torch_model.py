@@ -29,6 +29,7 @@ from torch import nn
 
 from .anomaly_map import AnomalyMapGenerator
 from .boundary import Boundary, map_legacy_state
+from .cuda_graphs import GraphedFlows
 from .feature_extractor import FrozenFeatureExtractor
 from .fibers import to_fibers
 from .flow import ConditionalFlow, PositionalCondition
@@ -84,6 +85,8 @@ class BgadModel(nn.Module):
         )
         self.boundary = Boundary(len(self.flows), beta=beta, tau=tau, normalizer=normalizer)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma, level_aggregation=level_aggregation)
+        # Set by the Lightning module on CUDA: the training path's flow calls replay CUDA graphs (same function).
+        self.graphed_flows: GraphedFlows | None = None
         self._register_load_state_dict_pre_hook(self._map_legacy_state)
 
     @staticmethod
@@ -136,6 +139,8 @@ class BgadModel(nn.Module):
             torch.Tensor: ``(B * P,)``.
         """
         conditions = self.condition(*grid_size, fibers.device).index_select(0, group)
+        if self.graphed_flows is not None:
+            return self.graphed_flows(level, fibers, conditions)
         return self.flows[level](fibers, conditions)
 
     def log_likelihood_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
