@@ -335,7 +335,7 @@ class Bgad(AnomalibModule):
             return
         skipped = self.guard.finish_epoch(self.current_epoch)
         self.model.boundary.finish_epoch()
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.flows.parameters()):
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.model.flows.parameters()]).all()):
             raise NonFiniteTrainingError(self.guard.message("the flow weights became non-finite"))
         metrics = self.epoch_record.finish(self.in_phase2 and self.loss.mode.uses_anomalies)
         if self.lr_schedule == "cosine" and (scheduler := self.lr_schedulers()) is not None:
