@@ -280,9 +280,11 @@ def test_scoring_a_nan_image_raises_naming_it_instead_of_nan_scores(small_bgad_k
         return features
 
     extractor.forward = poisoned
-    with torch.no_grad(), pytest.raises(ValueError, match=r"backbone features or the flows") as error:
-        model.validation_step(batch)
-    assert "synthetic/0_2.png" in str(error.value)
+    # validation, `anomalib test` and `anomalib predict` all check (anomalib's own test/predict steps do not).
+    for step in (model.validation_step, model.test_step, model.predict_step):
+        with torch.no_grad(), pytest.raises(ValueError, match=r"backbone features or the flows") as error:
+            step(batch, 0)
+        assert "synthetic/0_2.png" in str(error.value)
 
 
 def test_a_checkpoint_with_nonfinite_weights_is_refused(small_bgad_kwargs: dict) -> None:
@@ -291,8 +293,9 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused(small_bgad_kwargs: dict)
     model.on_save_checkpoint({"state_dict": model.state_dict()})  # finite: fine
     with torch.no_grad():
         next(model.model.flows[1].parameters()).view(-1)[0] = float("nan")
-    with pytest.raises(NonFiniteTrainingError, match="refusing to write a checkpoint"):
+    with pytest.raises(NonFiniteTrainingError, match="refusing to write a checkpoint") as error:
         model.on_save_checkpoint({"state_dict": model.state_dict()})
+    assert "skipped" not in str(error.value)  # no step was skipped: the message must not say so
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ class EpochRecord:
     def add_step(self, terms: torch.Tensor, taken: torch.Tensor, anomalous_fibers: torch.Tensor) -> None:
         """Add one step: its ``(4,)`` loss terms (counted only if ``taken``) and its anomalous fiber count."""
         sums = torch.cat([torch.where(taken, terms, 0.0), taken.float().view(1), anomalous_fibers.view(1)])
-        self._sums = sums if self._sums is None else self._sums + sums
+        # Sums restored from a checkpoint are loaded before Lightning moves the module to its accelerator.
+        self._sums = sums if self._sums is None else self._sums.to(sums.device) + sums
 
     def finish(self, phase2_with_anomalies: bool) -> dict[str, float]:
         """The epoch's mean loss terms (one host synchronisation); warns once if phase 2 saw no anomaly. Resets.

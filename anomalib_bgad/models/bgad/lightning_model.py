@@ -397,15 +397,7 @@ class Bgad(AnomalibModule):
         checkpoint.restore_training_state(self, checkpoint_dict.get("bgad_training_state"), resuming)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Score a validation batch.
-
-        Args:
-            batch (Batch): Validation batch.
-            args: Unused.
-            kwargs: Unused.
-
-        Returns:
-            STEP_OUTPUT: The batch with ``pred_score`` and ``anomaly_map``.
+        """Score a validation batch: the batch with ``pred_score`` and ``anomaly_map``.
 
         Raises:
             ValueError: If an image gets a non-finite score or map, naming it.
@@ -414,6 +406,14 @@ class Bgad(AnomalibModule):
         predictions = self.model(batch.image)
         check_finite_scores(predictions.pred_score, predictions.anomaly_map, batch.image, list(batch.image_path or []))
         return batch.update(**predictions._asdict())
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score a test batch as :meth:`validation_step` does (anomalib's default skips the finiteness check)."""
+        return self.validation_step(batch, *args, **kwargs)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score a prediction batch as :meth:`validation_step` does (anomalib's default skips the check)."""
+        return self.validation_step(batch, *args, **kwargs)
 
     @quiet_export_logs()
     def to_onnx(

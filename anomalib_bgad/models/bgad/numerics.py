@@ -133,11 +133,12 @@ class NonFiniteGuard:
 
     def message(self, reason: str, skipped: int | None = None) -> str:
         """The error of the stop rule: what happened, that nothing non-finite was kept, and the advice."""
-        count = f" ({skipped} of {self.steps} steps skipped this epoch)" if skipped is not None else ""
-        return (
-            f"BGAD training stopped: {reason}; each was skipped without an optimiser step{count}. "
-            f"{self.advice} No checkpoint with NaN weights was written."
+        skips = (
+            f"; each was skipped without an optimiser step ({skipped} of {self.steps} steps skipped this epoch)"
+            if skipped is not None
+            else ""
         )
+        return f"BGAD training stopped: {reason}{skips}. {self.advice} No checkpoint with NaN weights was written."
 
     def training_state(self) -> dict[str, Any]:
         """The counters as plain data for a checkpoint."""
