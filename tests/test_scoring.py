@@ -62,11 +62,14 @@ def extreme_images() -> torch.Tensor:
     )
 
 
-def reference_scores(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_scores(
+    model: BgadModel, images: torch.Tensor, level_aggregation: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The scoring formula computed the plain way, one image at a time.
 
     ``map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)``, ``score = max(map)``, with ``l_k`` from the flow
-    through FrEIA's ``SequenceINN`` (not the folded inference path) and anomalib's 2D ``GaussianBlur2d``.
+    through FrEIA's ``SequenceINN`` (not the folded inference path) and anomalib's 2D ``GaussianBlur2d``;
+    ``max`` takes the maximum over the levels, ``probability`` the mean of ``1 - exp(-alpha max(d_k, 0))``.
     """
     blur = GaussianBlur2d(sigma=4.0, channels=1, kernel_size=25)
     maps = []
@@ -79,8 +82,11 @@ def reference_scores(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tens
                 distance = (
                     model.boundary.b_n[level] - log_likelihood.view(1, 1, height, width) / model.boundary.normalizer
                 )
+                if level_aggregation == "probability":
+                    distance = 1 - torch.exp(-model.boundary.normalizer * distance.clamp(min=0))
                 upsampled.append(F.interpolate(distance, size=image.shape[-2:], mode="bilinear", align_corners=False))
-            maps.append(blur(torch.stack(upsampled).mean(dim=0)))
+            stacked = torch.stack(upsampled)
+            maps.append(blur(stacked.amax(dim=0) if level_aggregation == "max" else stacked.mean(dim=0)))
     anomaly_map = torch.cat(maps)
     return anomaly_map.amax(dim=(-3, -2, -1)), anomaly_map
 
@@ -98,6 +104,26 @@ def test_scores_follow_the_documented_formula(model: BgadModel, images: torch.Te
     torch.testing.assert_close(pred_score, expected_score, atol=ATOL, rtol=0)
     # The boundary enters as a plain shift: the scores are distances below b_n, not clipped, not batch-scaled.
     assert pred_score.std() > 1e-3
+
+
+@pytest.mark.parametrize("level_aggregation", ["max", "probability"])
+def test_other_level_aggregations_follow_their_formulas_and_stay_per_image(
+    model: BgadModel, images: torch.Tensor, level_aggregation: str
+) -> None:
+    mean_scores, _ = score(model, images[:4])
+    default = model.anomaly_map_generator.level_aggregation
+    model.anomaly_map_generator.level_aggregation = level_aggregation
+    try:
+        expected_score, expected_map = reference_scores(model, images[:4], level_aggregation)
+        pred_score, anomaly_map = score(model, images[:4])
+        alone_score, _ = score(model, images[2:3])
+    finally:
+        model.anomaly_map_generator.level_aggregation = default
+    # The folded inference path vs FrEIA differ by float rounding; the maximum keeps a level's rounding whole.
+    torch.testing.assert_close(anomaly_map, expected_map, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(pred_score, expected_score, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(alone_score, pred_score[2:3], atol=ATOL, rtol=0)
+    assert not torch.allclose(pred_score, mean_scores, atol=1e-3)  # really another score
 
 
 @pytest.mark.parametrize("rows_per_chunk", [2048, 100], ids=["whole-maps-per-chunk", "slices-of-maps"])
