@@ -10,6 +10,7 @@ the resume and determinism tests run the real pipeline (``FewAnomalyMVTecAD`` on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad import lightning_model
 from anomalib_bgad.models.bgad.lightning_model import NonFiniteTrainingError
+from anomalib_bgad.models.bgad.schedule import build_optimizer
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -158,13 +161,21 @@ def test_absurd_learning_rate_stops_with_a_clear_error_and_no_checkpoint(
     assert torch.isfinite(model.model.boundary.b_n).all()
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adam", "plain-adam"])
 @pytest.mark.parametrize("where", ["log_likelihood", "gradient"])
 def test_a_transient_nonfinite_step_is_skipped_counted_and_kept_out_of_the_boundary(
     small_bgad_kwargs: dict,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     where: str,
+    fused: bool,
 ) -> None:
-    """Fault: one NaN log-likelihood (or one NaN gradient) in epoch 1. That step is skipped, training goes on."""
+    """Fault: one NaN log-likelihood (or one NaN gradient) in epoch 1. That step is skipped, training goes on.
+
+    With the fused Adam (CPU, CUDA) the skip happens on the device; with the plain Adam (devices without a fused
+    kernel) on the host.
+    """
+    monkeypatch.setattr(lightning_model, "build_optimizer", functools.partial(build_optimizer, fused=fused))
     model = small_model(small_bgad_kwargs)
     # Call 6 is epoch 1 (phase 2), batch 0, level 0 (2 batches x 1 step x 3 levels per epoch).
     counter = ChunkCounter(model, poisoned={6} if where == "log_likelihood" else set())
@@ -197,13 +208,16 @@ def test_a_transient_nonfinite_step_is_skipped_counted_and_kept_out_of_the_bound
     trainer.fit(model, train_dataloaders=loader(synthetic_batches(2)))
 
     assert counter.calls == 12  # 2 epochs x 2 batches x 1 step x 3 levels
-    assert trainer.global_step == 4  # steps attempted ...
+    # Lightning counts the optimiser steps called: the fused Adam is called and skips on the device, the plain
+    # Adam is not called for the skipped step.
+    assert trainer.global_step == (4 if fused else 3)
     assert adam_steps(model) == [3]  # ... of which one skipped: no optimiser update for it
     assert [m["train_nonfinite_steps"] for m in recorder.metrics] == [0.0, 1.0]
     # Step estimates accepted per level: the skipped step's boundary is not among them.
     assert collected == [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]
     assert torch.isfinite(model.model.boundary.b_n).all()
     assert all_finite(model.state_dict())
+    assert bool(model.optimizers().optimizer.defaults["fused"]) is fused
 
 
 def test_nan_backbone_features_are_dropped_counted_and_the_image_named(

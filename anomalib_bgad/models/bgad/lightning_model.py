@@ -302,8 +302,11 @@ class Bgad(AnomalibModule):
         ll_finite, loss_finite = all_ranks_true(ll_finite), all_ranks_true(loss_finite)
         ok = ll_finite & loss_finite & torch.isfinite(grad_norm)  # the gradients are all-reduced: same on all ranks
         self.guard.check_step(ll_finite, loss_finite, ok)
-        optimizer.optimizer.found_inf = (~ok).float()  # fused Adam leaves weights and moments alone when set
-        optimizer.step()
+        if optimizer.optimizer.defaults.get("fused"):
+            optimizer.optimizer.found_inf = (~ok).float()  # fused Adam leaves weights and moments alone when set
+            optimizer.step()
+        elif bool(ok):  # plain Adam (no fused kernel for this device): skip on the host
+            optimizer.step()
         # Fused Adam updates the weights without bumping their autograd version counters, which the folded
         # inference cache (:mod:`.folded_flow`) keys on.
         increment_version(list(self.model.flows.parameters()))

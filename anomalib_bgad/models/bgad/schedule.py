@@ -58,13 +58,33 @@ def check_schedule(name: str) -> None:
         raise ValueError(msg)
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], learning_rate: float) -> Adam:
-    """Adam on the flows' parameters; fused (device-side skip of non-finite steps) where supported."""
-    parameters = list(parameters)
+def fused_adam_supported(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether torch has a fused Adam kernel for these parameters' devices and dtypes (checked at its first step)."""
     try:
-        return Adam(parameters, lr=learning_rate, fused=True)
-    except RuntimeError:  # a device or dtype without a fused kernel
-        return Adam(parameters, lr=learning_rate)
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # noqa: PLC0415
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # private helper moved: the devices torch has had fused Adam kernels for
+        devices = {"cpu", "cuda"}
+    return all(p.device.type in devices and p.is_floating_point() for p in parameters)
+
+
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], learning_rate: float, fused: bool | None = None) -> Adam:
+    """Adam on the flows' parameters: fused where supported (a non-finite step is skipped on the device through
+    its ``found_inf`` input), plain elsewhere (the step is skipped on the host, one synchronisation per step).
+
+    Args:
+        parameters (Iterable[torch.nn.Parameter]): The flows' parameters, on their training device.
+        learning_rate (float): Adam's learning rate.
+        fused (bool | None): Force the fused (``True``) or plain (``False``) Adam; ``None``: fused if supported.
+
+    Returns:
+        Adam: The optimiser; ``optimizer.defaults["fused"]`` tells which.
+    """
+    parameters = list(parameters)
+    if fused is None:
+        fused = fused_adam_supported(parameters)
+    return Adam(parameters, lr=learning_rate, fused=fused or None)
 
 
 def build_scheduler(
