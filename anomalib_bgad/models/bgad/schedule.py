@@ -61,7 +61,7 @@ def check_schedule(name: str) -> None:
 def fused_adam_supported(parameters: Iterable[torch.nn.Parameter]) -> bool:
     """Whether torch has a fused Adam kernel for these parameters' devices and dtypes (checked at its first step)."""
     try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # noqa: PLC0415
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
         devices = set(_get_fused_kernels_supported_devices())
     except ImportError:  # private helper moved: the devices torch has had fused Adam kernels for
