@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import anomalib_bgad
 from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyDataModule, FewAnomalyFolder, FewAnomalyMVTecAD, SplitManifest
 
 FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
@@ -43,7 +44,7 @@ def test_manifest_content(mvtec_root: Path, tmp_path: Path) -> None:
         7,
         4,
     )
-    assert data["seen_defect_type"] is None and data["package_version"] == "0.1.0"
+    assert data["seen_defect_type"] is None and data["package_version"] == anomalib_bgad.__version__
     assert data["defect_types"] == {"crack": 4, "hole": 3, "scratch": 3}
     assert len(data["train_anomalies"]) == 4
     for entry in data["train_anomalies"]:

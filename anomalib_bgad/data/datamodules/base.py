@@ -30,7 +30,6 @@ Example:
 """
 
 import importlib
-import importlib.metadata
 import inspect
 import logging
 from pathlib import Path
@@ -71,11 +70,10 @@ _CHECKED_OPTIONS = (
 
 
 def _package_version() -> str:
-    """Installed ``anomalib-bgad`` version ("" when run from a source tree that is not installed)."""
-    try:
-        return importlib.metadata.version("anomalib-bgad")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
+    """The running ``anomalib_bgad``'s version (its ``__version__``, also when run from a source tree)."""
+    from anomalib_bgad import __version__
+
+    return __version__
 
 
 def _qualified_name(cls: type) -> str:
