@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad.boundary import Boundary
 from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME, BoundaryHistogram, write_boundary_histogram
 from anomalib_bgad.models.bgad.fibers import downsample_mask
 
@@ -21,7 +22,11 @@ def test_write_boundary_histogram_draws_one_panel_per_level(tmp_path: Path) -> N
     normal = [torch.randn(5000, generator=generator) * 0.1 - 0.3 for _ in range(3)]
     anomalous = [torch.randn(300, generator=generator) * 0.5 - 1.5, torch.empty(0), -50 + torch.zeros(10)]
     path = write_boundary_histogram(
-        tmp_path / "sub" / FILE_NAME, normal, anomalous, torch.tensor([-0.4, -0.5, -0.6]), 0.1
+        tmp_path / "sub" / FILE_NAME,
+        normal,
+        anomalous,
+        torch.tensor([-0.4, -0.5, -0.6]),
+        torch.tensor([-0.5, -0.6, -0.7]),
     )
     assert path == tmp_path / "sub" / FILE_NAME
     with Image.open(path) as image:
@@ -109,7 +114,7 @@ def test_the_callback_passes_how_many_values_it_saw(tmp_path: Path, monkeypatch:
     callback._normal[0].add(torch.randn(1000))
     callback._normal[1].add(torch.randn(50))
     callback._anomalous[0].add(torch.randn(7))
-    module = SimpleNamespace(model=SimpleNamespace(boundary=SimpleNamespace(b_n=torch.zeros(2), tau=0.1)))
+    module = SimpleNamespace(model=SimpleNamespace(boundary=Boundary(num_levels=2)))
     callback.on_test_end(SimpleNamespace(is_global_zero=True, default_root_dir=tmp_path), module)
     assert captured["normal_seen"] == [1000, 50]
     assert captured["anomalous_seen"] == [7, 0]

@@ -67,7 +67,11 @@ class Boundary(nn.Module):
     @property
     def b_a(self) -> torch.Tensor:
         """The abnormal boundary ``b_a = b_n - tau`` per level, ``(K,)`` (paper Eq. 7)."""
-        return self.b_n - self.tau
+        return self.b_a_of(self.b_n)
+
+    def b_a_of(self, b_n: torch.Tensor) -> torch.Tensor:
+        """``b_a = b_n - tau`` for any ``b_n``: the learned one, or one step's estimate in training (paper Eq. 7)."""
+        return b_n - self.tau
 
     def normalize(self, log_likelihood: torch.Tensor) -> torch.Tensor:
         """``ln = l / alpha``: the unit of the boundary, the loss's boundary terms and the score."""

@@ -148,15 +148,14 @@ class BoundaryHistogram(Callback):
             self._handle = None
         if not trainer.is_global_zero or not self._normal:
             return
-        boundary = pl_module.model.boundary.b_n.detach().cpu()
-        tau = float(pl_module.model.boundary.tau)
+        boundary = pl_module.model.boundary
         output_dir = self.output_dir or Path(trainer.default_root_dir)
         self.path = write_boundary_histogram(
             output_dir / FILE_NAME,
             [sample.values for sample in self._normal],
             [sample.values for sample in self._anomalous],
-            boundary,
-            tau,
+            boundary.b_n.detach().cpu(),
+            boundary.b_a.detach().cpu(),
             bins=self.bins,
             normal_seen=[sample.seen for sample in self._normal],
             anomalous_seen=[sample.seen for sample in self._anomalous],
@@ -184,7 +183,7 @@ def write_boundary_histogram(
     normal: list[torch.Tensor],
     anomalous: list[torch.Tensor],
     normal_boundary: torch.Tensor,
-    tau: float,
+    anomalous_boundary: torch.Tensor,
     bins: int = 100,
     normal_seen: Sequence[int] | None = None,
     anomalous_seen: Sequence[int] | None = None,
@@ -196,7 +195,7 @@ def write_boundary_histogram(
         normal (list[torch.Tensor]): Normal ``ln`` values per level.
         anomalous (list[torch.Tensor]): Anomalous ``ln`` values per level.
         normal_boundary (torch.Tensor): ``b_n`` per level.
-        tau (float): Margin, ``b_a = b_n - tau``.
+        anomalous_boundary (torch.Tensor): ``b_a`` per level (:attr:`.boundary.Boundary.b_a`).
         bins (int): Histogram bins. Defaults to ``100``.
         normal_seen (Sequence[int] | None): Normal values per level before subsampling; panel titles say
             "kept of seen (random subsample)" where fewer were kept. Defaults to ``None``: all values were kept.
@@ -213,8 +212,8 @@ def write_boundary_histogram(
     figure = Figure(figsize=(5 * levels, 4), layout="constrained")
     axes = figure.subplots(1, levels, squeeze=False)[0]
     for level, axis in enumerate(axes):
-        b_n = float(normal_boundary[level])
-        b_a = b_n - tau
+        b_n, b_a = float(normal_boundary[level]), float(anomalous_boundary[level])
+        margin = b_n - b_a
         present = [values for values in (normal[level], anomalous[level]) if values.numel()]
         # Range: both classes, without the far tails (anomalies can reach very low values), and both boundaries.
         if present:
@@ -222,7 +221,7 @@ def write_boundary_histogram(
             low, high = torch.quantile(pooled[:1_000_000], torch.tensor([0.005, 0.995])).tolist()
         else:
             low, high = b_a, b_n
-        low, high = min(low, b_a - tau), max(high, b_n + tau)
+        low, high = min(low, b_a - margin), max(high, b_n + margin)
         for values, color, label in ((normal[level], "tab:blue", "normal"), (anomalous[level], "tab:red", "anomalous")):
             if values.numel():
                 clipped = values.clamp(low, high).numpy()

@@ -286,7 +286,7 @@ class Bgad(AnomalibModule):
             normalized = boundary.normalize(log_likelihood)
             b_n, valid = boundary.estimate(normalized, is_normal, across_ranks=True)
             terms = self.loss(
-                log_likelihood, normalized, is_normal, is_anomalous, b_n, b_n - boundary.tau, self.in_phase2
+                log_likelihood, normalized, is_normal, is_anomalous, b_n, boundary.b_a_of(b_n), self.in_phase2
             )
             total = total + terms.total
             estimates.append((b_n, valid))
