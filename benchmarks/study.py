@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.report import mean_std
+from benchmarks.report import format_cell, mean_std
 from benchmarks.worker import METRICS
 
 COLUMNS = (
@@ -294,7 +294,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    """Markdown: per setting, configuration and scoring the mean over categories (± std over seeds), per category."""
+    """Markdown: per setting, configuration and scoring the mean over categories (± std over seeds, if more than one),
+    then per category."""
     ok = [r for r in results if r["status"] == "ok"]
     lines = [f"# {study.get('title', study['study'])}", "", f"Command: `{study.get('command', '')}`", ""]
     if study.get("description"):
@@ -321,8 +322,11 @@ def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
                     / sum(1 for r in cells if r["seed"] == seed)
                     for seed in seeds
                 ]
-                mean, std, _ = mean_std(seed_means)
-                metric_text.append(f"{mean:.3f} ± {std:.3f}")
+                text = format_cell(*mean_std(seed_means))
+                present = {r["category"] for r in cells}
+                if len(present) < len(categories):  # a mean over fewer categories is not comparable: say so
+                    text += f" ({len(present)}/{len(categories)} categories)"
+                metric_text.append(text)
             per_category = []
             for category in categories:
                 for metric in METRICS:

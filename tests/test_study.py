@@ -1,0 +1,49 @@
+"""The study runner's table: means over categories and seeds, partial cells said, failures listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.study import load_study, render_report, split_rows
+
+STUDY = Path(__file__).parents[1] / "benchmarks" / "studies" / "localisation.yaml"
+
+
+def row(config: str, category: str, seed: int, value: float, setting: str = "multi_class") -> dict[str, str]:
+    return {
+        "config": config, "scoring": "mean", "setting": setting, "category": category, "seed": str(seed),
+        "status": "ok", "image_AUROC": str(value), "pixel_AUROC": str(value), "pixel_AUPRO": str(value),
+        "epochs": "12", "train_s": "100", "error": "",
+    }  # fmt: skip
+
+
+def table_line(report: str, config: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith(f"| {config} | mean |"))
+
+
+def test_the_report_averages_categories_then_seeds_and_marks_partial_means() -> None:
+    study = load_study(STUDY, ["seeds=[0, 1]"])
+    full = [row("bgad", c, s, v + s / 10) for c, v in (("brick", 0.9), ("grass", 0.6), ("gravel", 0.3)) for s in (0, 1)]
+    partial = [row("nfad", "brick", 0, 0.8), row("nfad", "gravel", 0, 0.4)]
+    failed = [{**row("padim", "grass", 0, 0.0), "status": "failed", "error": "RuntimeError('boom')"}]
+    report = render_report(study, full + partial + failed)
+
+    # seed 0: mean 0.6, seed 1: mean 0.7 -> 0.650 ± 0.071 (sample std over the two seed means)
+    assert "| 0.650 ± 0.071 |" in table_line(report, "bgad")
+    assert "| 0.600 (2/3 categories) |" in table_line(report, "nfad")  # one seed: no ±; two categories: said
+    assert "- padim / mean / multi_class / grass / seed 0: RuntimeError('boom')" in report
+    assert "## one_class" not in report  # no rows, no section
+
+
+def test_one_class_splits_name_the_seen_type_and_a_bad_setting_is_refused(tmp_path: Path) -> None:
+    study = load_study(STUDY, ["seeds=[0]"])
+    rows = split_rows(study, tmp_path)
+    one_class = [r for r in rows if r["study_setting"] == "one_class"]
+    assert {(r["category"], r["seen_defect_type"]) for r in one_class} == {
+        ("brick", "crack"), ("grass", "stain"), ("gravel", "scratch"),
+    }  # fmt: skip
+    assert len(rows) == 6
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_study(STUDY, ["configs.bgad.settings=[sweep]"])
