@@ -91,7 +91,8 @@ def test_suite_expands_into_calibrations_then_one_job_per_budget_and_seed() -> N
     assert "bgad|brick|multi_class_n10|seed0|calibration" in keys
     reference = suite["models"]["bgad_reference"]
     assert reference["max_epochs"] == 60 and reference["seeds"] == [0]
-    assert reference["init_args"] == {
+    assert reference["init_args"] == {  # the paper's training settings
+        "lr_schedule": "cosine",
         "learning_rate": 2.0e-4,
         "fiber_batch_size": 4096,
         "coupling_blocks": 8,
