@@ -9,7 +9,9 @@ Usage::
 
     python -m benchmarks.train_speed --device cpu --epochs 4
     python -m benchmarks.train_speed --device cuda --epochs 6 --init-args '{"fiber_batch_size": 16384}'
-    PYTHONPATH=<0.1.0 tree> python -m benchmarks.train_speed --device cuda --legacy    # the 0.1.0 training loop
+    # the 0.1.0 training loop: run from the 0.1.0 tree (``-m`` puts the working directory first on sys.path)
+    cd <0.1.0 tree> && PYTHONPATH=<0.1.0 tree>:<this repo> python -m benchmarks.train_speed --legacy \
+        --root <this repo>/datasets/embedded
 
 Prints one JSON line (and appends it to ``--output`` if given).
 """
@@ -88,10 +90,17 @@ def main() -> int:
     parser.add_argument("--root", default="datasets/embedded")
     parser.add_argument("--category", default="brick")
     parser.add_argument("--init-args", default="{}", help="Bgad init args as JSON")
-    parser.add_argument("--legacy", action="store_true", help="the 0.1.0 package is on PYTHONPATH")
+    parser.add_argument("--legacy", action="store_true", help="measure the 0.1.0 package (run from its tree)")
     parser.add_argument("--work", default="results/train_speed")
     parser.add_argument("--output", help="JSON-lines file to append the result to")
     args = parser.parse_args()
+    import anomalib_bgad
+
+    if args.legacy and anomalib_bgad.__version__ != "0.1.0":
+        parser.error(
+            f"--legacy, but anomalib_bgad {anomalib_bgad.__version__} is imported from {anomalib_bgad.__file__}: "
+            "run from the 0.1.0 tree (see the usage in this module's docstring)."
+        )
     if not Path(args.root, args.category).is_dir():
         from anomalib_bgad.embedded import generate_embedded_dataset
 
