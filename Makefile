@@ -11,6 +11,7 @@ STAMP := $(VENV)/.install-stamp
 .PHONY: install demo test test-fast lint format
 
 $(STAMP): pyproject.toml
+	@echo "Installing anomalib-bgad and its dependencies into $(VENV) (about 2-3 minutes on a fresh machine)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

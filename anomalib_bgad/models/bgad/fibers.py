@@ -16,6 +16,7 @@ draws of the same fibers and feed the same loss.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -41,6 +42,42 @@ def downsample_mask(masks: torch.Tensor | None, size: tuple[int, int], batch_siz
         return torch.zeros(batch_size, *size, dtype=torch.bool)
     masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
     return F.interpolate(masks, size=tuple(size), mode="nearest")[:, 0] > 0.5
+
+
+class LabeledFibers(NamedTuple):
+    """A training batch's feature maps and which of their fibers are normal and which anomalous.
+
+    Attributes:
+        features (list[torch.Tensor]): Per level, ``(B, C_k, H_k, W_k)``.
+        normal (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: finite fibers outside the masks.
+        anomalous (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: finite fibers inside the masks.
+        grids (list[tuple[int, int]]): Per level, ``(H_k, W_k)``.
+    """
+
+    features: list[torch.Tensor]
+    normal: list[torch.Tensor]
+    anomalous: list[torch.Tensor]
+    grids: list[tuple[int, int]]
+
+
+def label_fibers(features: list[torch.Tensor], finite: list[torch.Tensor], masks: torch.Tensor | None) -> LabeledFibers:
+    """Label every fiber normal or anomalous by its image's pixel mask (:func:`downsample_mask`).
+
+    Args:
+        features (list[torch.Tensor]): Per level, ``(B, C_k, H_k, W_k)``.
+        finite (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: fibers fit to train on (non-finite
+            ones are in neither selection).
+        masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks; ``None`` means all normal.
+
+    Returns:
+        LabeledFibers: The features with their labels on the features' device.
+    """
+    grids = [tuple(level.shape[-2:]) for level in features]
+    device, batch_size = features[0].device, features[0].shape[0]
+    known = [downsample_mask(masks, grid, batch_size).to(device) for grid in grids]
+    normal = [~mask & ok for mask, ok in zip(known, finite, strict=True)]
+    anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
+    return LabeledFibers(features, normal, anomalous, grids)
 
 
 def steps_per_batch(num_images: int, grid_size: tuple[int, int], fiber_batch_size: int) -> int:

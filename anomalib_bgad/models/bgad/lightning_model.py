@@ -57,18 +57,21 @@ from .cuda_graphs import GraphedFlows
 from .distributed import all_ranks_true, is_distributed, max_over_ranks
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
-from .fibers import batch_position_groups, downsample_mask, gather_positions, steps_per_batch
+from .fibers import LabeledFibers, batch_position_groups, label_fibers, steps_per_batch
 from .loss import BgadLoss
 from .numerics import (
     NonFiniteFibers,
     NonFiniteGuard,
     NonFiniteTrainingError,
+    check_finite_flows,
     check_finite_scores,
     check_finite_weights,
+    step_unless_nonfinite,
     training_advice,
 )
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
 from .schedule import apply_default_epochs, build_optimizer, build_scheduler, check_schedule
+from .step_loss import position_group_loss
 from .torch_model import BgadModel
 
 logger = logging.getLogger(__name__)
@@ -217,14 +220,17 @@ class Bgad(AnomalibModule):
             return torch.ones(batch.image.shape[0], dtype=torch.bool)
         return labels.cpu() == 0
 
-    def _training_fibers(self, images: torch.Tensor, paths: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Backbone features (cached across epochs) and which fibers are finite; non-finite ones are zeroed."""
+    def _training_fibers(self, batch: Batch, keep: torch.Tensor, paths: list[str]) -> LabeledFibers:
+        """The kept images' backbone features (cached across epochs), non-finite fibers zeroed and unlabeled."""
+        images = batch.image[keep]
+        masks = batch.gt_mask[keep] if batch.gt_mask is not None and images.shape[0] else None
         if images.shape[0] == 0:  # only under DDP: this rank joins the steps with a zero-weighted dummy image
             features = self.model.feature_extractor(images.new_zeros(1, *images.shape[1:]))
-            return [level * 0.0 for level in features], [torch.zeros_like(level[:, 0]).bool() for level in features]
+            unused = [torch.zeros_like(level[:, 0]).bool() for level in features]
+            return label_fibers([level * 0.0 for level in features], unused, None)
         extract = self.model.feature_extractor
         features = self.feature_cache(images, extract) if self.feature_cache is not None else extract(images)
-        return self.nonfinite_fibers(features, paths)
+        return label_fibers(*self.nonfinite_fibers(features, paths), masks)
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
         """Train on one batch: several optimiser steps, each over one position group of every level.
@@ -242,77 +248,41 @@ class Bgad(AnomalibModule):
         """
         device = batch.image.device
         selected = self._select_images(batch)
-        count = int(selected.sum())
-        if max_over_ranks(count, device) == 0:
+        count = max_over_ranks(int(selected.sum()), device)
+        if count == 0:
             self._finish_epoch_if_last_batch(batch_idx)
             return None
-        keep = selected.to(device)
         paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
-        features, finite = self._training_fibers(batch.image[keep], paths)
-        masks = batch.gt_mask[keep] if batch.gt_mask is not None and count else None
-        grids = [tuple(level.shape[-2:]) for level in features]
-        known = [downsample_mask(masks, grid, features[0].shape[0]).to(device) for grid in grids]
-        normal = [~mask & ok for mask, ok in zip(known, finite, strict=True)]
-        anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
-        finest = max(grids, key=lambda grid: grid[0] * grid[1])
-        num_steps = steps_per_batch(max_over_ranks(count, device), finest, self.fiber_batch_size)
-        groups = batch_position_groups(grids, num_steps, self._fiber_generator(batch_idx), device)
+        fibers = self._training_fibers(batch, selected.to(device), paths)
+        finest = max(fibers.grids, key=lambda grid: grid[0] * grid[1])
+        num_steps = steps_per_batch(count, finest, self.fiber_batch_size)
+        groups = batch_position_groups(fibers.grids, num_steps, self._fiber_generator(batch_idx), device)
         for step in range(num_steps):
-            self._optimizer_step([level[step] for level in groups], features, normal, anomalous, grids)
+            self._optimizer_step(fibers, [level[step] for level in groups])
         self.guard.check_batch(f"epoch {self.current_epoch}, batch {batch_idx}")
         if self.lr_schedule == "one_cycle" and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
         self._finish_epoch_if_last_batch(batch_idx)
         return None
 
-    def _optimizer_step(
-        self,
-        groups: list[torch.Tensor],
-        features: list[torch.Tensor],
-        normal: list[torch.Tensor],
-        anomalous: list[torch.Tensor],
-        grids: list[tuple[int, int]],
-    ) -> None:
+    def _optimizer_step(self, fibers: LabeledFibers, groups: list[torch.Tensor]) -> None:
         """One optimiser step over one position group of every level; skipped on the device if non-finite."""
-        boundary, device = self.model.boundary, features[0].device
-        total, estimates, terms_sum = 0.0, [], torch.zeros(4, device=device)
-        ll_finite = loss_finite = torch.ones((), dtype=torch.bool, device=device)
-        anomalous_fibers = torch.zeros((), device=device)
-        for level, group in enumerate(groups):
-            fibers = gather_positions(features[level], group)
-            is_normal = normal[level].flatten(1).index_select(1, group).reshape(-1)
-            is_anomalous = anomalous[level].flatten(1).index_select(1, group).reshape(-1)
-            log_likelihood = self.model.position_group_log_likelihood(level, fibers, grids[level], group)
-            normalized = boundary.normalize(log_likelihood)
-            b_n, valid = boundary.estimate(normalized, is_normal, across_ranks=True)
-            terms = self.loss(
-                log_likelihood, normalized, is_normal, is_anomalous, b_n, boundary.b_a_of(b_n), self.in_phase2
-            )
-            total = total + terms.total
-            estimates.append((b_n, valid))
-            terms_sum += torch.stack(list(terms)).detach()
-            anomalous_fibers += is_anomalous.sum()
-            ll_finite = ll_finite & torch.isfinite(log_likelihood).all()
-            loss_finite = loss_finite & torch.isfinite(terms.total) & torch.isfinite(b_n)
+        step = position_group_loss(self.model, self.loss, fibers, groups, self.in_phase2)
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(total)
+        self.manual_backward(step.total)
         max_norm = self.gradient_clip_norm if self.gradient_clip_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.flows.parameters(), max_norm, foreach=True)
-        ll_finite, loss_finite = all_ranks_true(ll_finite), all_ranks_true(loss_finite)
+        ll_finite, loss_finite = all_ranks_true(step.log_likelihood_finite), all_ranks_true(step.loss_finite)
         ok = ll_finite & loss_finite & torch.isfinite(grad_norm)  # the gradients are all-reduced: same on all ranks
         self.guard.check_step(ll_finite, loss_finite, ok)
-        if optimizer.optimizer.defaults.get("fused"):
-            optimizer.optimizer.found_inf = (~ok).float()  # fused Adam leaves weights and moments alone when set
-            optimizer.step()
-        elif bool(ok):  # plain Adam (no fused kernel for this device): skip on the host
-            optimizer.step()
+        step_unless_nonfinite(optimizer, ok)
         # Fused Adam updates the weights without bumping their autograd version counters, which the folded
         # inference cache (:mod:`.folded_flow`) keys on.
         increment_version(list(self.model.flows.parameters()))
-        for level, (b_n, valid) in enumerate(estimates):
-            boundary.accumulate(level, b_n, ok & valid)
-        self.epoch_record.add_step(terms_sum, ok, anomalous_fibers)
+        for level, (b_n, valid) in enumerate(step.b_n):
+            self.model.boundary.accumulate(level, b_n, ok & valid)
+        self.epoch_record.add_step(step.terms, ok, step.anomalous_fibers)
 
     def _finish_epoch_if_last_batch(self, batch_idx: int) -> None:
         """Apply the epoch's boundary/LR update right after its last batch, before epoch-end validation."""
@@ -338,8 +308,7 @@ class Bgad(AnomalibModule):
             return
         skipped = self.guard.finish_epoch(self.current_epoch)
         self.model.boundary.finish_epoch()
-        if not bool(torch.stack([torch.isfinite(p).all() for p in self.model.flows.parameters()]).all()):
-            raise NonFiniteTrainingError(self.guard.message("the flow weights became non-finite"))
+        check_finite_flows(self.model.flows, self.guard)
         metrics = self.epoch_record.finish(self.in_phase2 and self.loss.mode.uses_anomalies)
         if self.lr_schedule == "cosine" and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()

@@ -222,6 +222,35 @@ class NonFiniteFibers:
         return count
 
 
+def step_unless_nonfinite(optimizer: Any, ok: torch.Tensor) -> None:
+    """Step ``optimizer`` only if ``ok``: on the device for the fused Adam, on the host otherwise.
+
+    The fused Adam (:func:`.schedule.build_optimizer`) reads ``found_inf`` and, when it is set, leaves weights,
+    moments and its step count alone, as under mixed-precision loss scaling, so the decision needs no host
+    synchronisation. The plain Adam (devices without a fused kernel) is skipped by reading ``ok`` on the host.
+
+    Args:
+        optimizer (Any): A ``torch.optim.Adam`` or Lightning's wrapper of one.
+        ok (torch.Tensor): Boolean scalar: the step's log-likelihood, loss and gradients are finite.
+    """
+    adam = getattr(optimizer, "optimizer", optimizer)
+    if adam.defaults.get("fused"):
+        adam.found_inf = (~ok).float()
+        optimizer.step()
+    elif bool(ok):
+        optimizer.step()
+
+
+def check_finite_flows(flows: torch.nn.Module, guard: NonFiniteGuard) -> None:
+    """Stop training once the flows' weights hold NaN/Inf (one host synchronisation; run once per epoch).
+
+    Raises:
+        NonFiniteTrainingError: If any weight is non-finite.
+    """
+    if not bool(torch.stack([torch.isfinite(p).all() for p in flows.parameters()]).all()):
+        raise NonFiniteTrainingError(guard.message("the flow weights became non-finite"))
+
+
 def check_finite_weights(state_dict: dict[str, Any], guard: NonFiniteGuard) -> None:
     """Refuse to checkpoint a model whose weights or boundary (keys ``model.*``) hold NaN/Inf.
 

@@ -1,0 +1,82 @@
+"""The loss of one optimiser step (position groups of every level) and the non-finite step skip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from anomalib_bgad.models.bgad.fibers import label_fibers, to_fibers
+from anomalib_bgad.models.bgad.loss import BgadLoss
+from anomalib_bgad.models.bgad.numerics import step_unless_nonfinite
+from anomalib_bgad.models.bgad.schedule import build_optimizer
+from anomalib_bgad.models.bgad.step_loss import position_group_loss
+from anomalib_bgad.models.bgad.torch_model import BgadModel
+
+
+@pytest.fixture(scope="module")
+def model_and_features() -> tuple[BgadModel, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = BgadModel(coupling_blocks=2)
+    with torch.no_grad():
+        features = model.feature_extractor(torch.randn(2, 3, 64, 64))
+    return model, features
+
+
+def test_fibers_are_labeled_by_the_mask_and_non_finite_ones_by_neither(model_and_features) -> None:
+    _, features = model_and_features
+    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    finite[0][0, 0, 0] = False
+    masks = torch.zeros(2, 64, 64)
+    masks[1, :32, :32] = 1  # the top-left quarter of the second image
+    fibers = label_fibers(features, finite, masks)
+    assert fibers.grids == [tuple(level.shape[-2:]) for level in features]
+    for level, (height, width) in enumerate(fibers.grids):
+        assert not (fibers.normal[level] & fibers.anomalous[level]).any()
+        assert int(fibers.anomalous[level][0].sum()) == 0
+        assert int(fibers.anomalous[level][1].sum()) == (height // 2) * (width // 2)
+        assert bool(fibers.anomalous[level][1, : height // 2, : width // 2].all())
+    assert not fibers.normal[0][0, 0, 0]
+    positions = fibers.grids[0][0] * fibers.grids[0][1]
+    assert int(fibers.normal[0].sum()) == 2 * positions - 1 - int(fibers.anomalous[0].sum())
+
+
+def test_step_loss_sums_the_levels_and_adds_the_boundary_terms_in_phase_2(model_and_features) -> None:
+    model, features = model_and_features
+    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    masks = torch.zeros(2, 64, 64)
+    masks[1, :32, :32] = 1
+    fibers = label_fibers(features, finite, masks)
+    every_position = [torch.arange(height * width) for height, width in fibers.grids]
+    loss = BgadLoss("bgad")
+    with torch.no_grad():
+        phase1 = position_group_loss(model, loss, fibers, every_position, with_boundary_terms=False)
+        phase2 = position_group_loss(model, loss, fibers, every_position, with_boundary_terms=True)
+        # Reference: the ML term per level over whole maps, in the fiber order of `to_fibers`.
+        ml = sum(
+            (-F.logsigmoid(model.fiber_log_likelihood(level, to_fibers(features[level]), grid)))[
+                fibers.normal[level].reshape(-1)
+            ].mean()
+            for level, grid in enumerate(fibers.grids)
+        )
+    torch.testing.assert_close(phase1.terms[1], ml)
+    torch.testing.assert_close(phase1.total, ml)
+    assert phase1.terms[2:].abs().sum() == 0  # phase 1: no pull, no push
+    torch.testing.assert_close(phase2.terms[1], ml)
+    torch.testing.assert_close(phase2.total, ml + phase2.terms[2] + phase2.terms[3])
+    assert phase2.terms[2] > 0  # a beta-quantile boundary leaves normal fibers below it to pull
+    assert int(phase1.anomalous_fibers) == sum(int(level.sum()) for level in fibers.anomalous)
+    assert bool(phase1.log_likelihood_finite) and bool(phase1.loss_finite)
+    for b_n, valid in phase2.b_n:
+        assert bool(valid) and torch.isfinite(b_n)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_step_leaves_the_weights_alone(fused: bool) -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = build_optimizer([weight], learning_rate=0.1, fused=fused)
+    weight.grad = torch.ones(3)
+    step_unless_nonfinite(optimizer, torch.tensor(False))
+    torch.testing.assert_close(weight.detach(), torch.ones(3))
+    step_unless_nonfinite(optimizer, torch.tensor(True))
+    assert bool((weight.detach() < 1).all())
