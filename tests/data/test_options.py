@@ -134,3 +134,29 @@ def test_manifest_of_0_1_0_replays_with_its_options(mvtec_root: Path, tmp_path: 
     replayed.setup()
     assert replayed.manifest.train_anomalies == original.manifest.train_anomalies
     assert SplitManifest.read(tmp_path / "old.json").train_anomalies == original.manifest.train_anomalies
+
+
+def test_every_declared_option_is_set_and_recorded_in_the_manifest(mvtec_root: Path, tmp_path: Path) -> None:
+    from anomalib_bgad.data.datamodules.base import FEW_ANOMALY_OPTIONS
+
+    infrastructure = {"num_workers", "manifest_path", "replay_manifest", "verify_images"}
+    deprecated = {"pseudo_anomalies", "train_anomalies"}
+    assert set(FEW_ANOMALY_OPTIONS) == set(OPTIONS) - infrastructure - deprecated
+    given = {
+        "n_anomalies": 3,
+        "setting": "multi_class",
+        "seen_defect_type": None,
+        "seed": 7,
+        "pseudo_anomaly_source": "both",
+        "pseudo_anomaly_ratio": 2.0,
+        "pseudo_anomaly_count": 4,
+        "repeat_anomalies": 2,
+        "train_on_anomalies": True,
+        "paste_in_foreground": False,
+    }
+    assert set(given) == set(FEW_ANOMALY_OPTIONS)  # a new option must be added here, with a non-default value
+    datamodule = FewAnomalyMVTecAD(root=mvtec_root, num_workers=0, **given)
+    assert {name: getattr(datamodule, name) for name in given} == given
+    datamodule.setup()
+    recorded = json.loads(datamodule.write_manifest(tmp_path / "manifest.json").read_text())["init_args"]
+    assert {name: recorded[name] for name in given} == given

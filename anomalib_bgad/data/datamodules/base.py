@@ -58,16 +58,6 @@ from anomalib_bgad.data.split.selection import Selection, Setting, select_known_
 
 logger = logging.getLogger(__name__)
 
-_CHECKED_OPTIONS = (
-    "n_anomalies",
-    "setting",
-    "seed",
-    "pseudo_anomaly_source",
-    "pseudo_anomaly_ratio",
-    "pseudo_anomaly_count",
-    "repeat_anomalies",
-)
-
 
 def _package_version() -> str:
     """The running ``anomalib_bgad``'s version (its ``__version__``, also when run from a source tree)."""
@@ -165,20 +155,14 @@ class FewAnomalyDataModule(AnomalibDataModule):
             ValueError: On an invalid option or combination of options.
             FileNotFoundError: If the dataset root (or category) does not exist; nothing is created.
         """
-        pseudo_anomaly_ratio, pseudo_anomaly_count, train_on_anomalies = resolve_renamed(
+        declared = {name: value for name, value in locals().items() if name in FEW_ANOMALY_OPTIONS}
+        renamed = resolve_renamed(
             pseudo_anomalies, train_anomalies, pseudo_anomaly_ratio, pseudo_anomaly_count, train_on_anomalies
         )
         options = {
-            "n_anomalies": n_anomalies,
+            **declared,
+            **dict(zip(("pseudo_anomaly_ratio", "pseudo_anomaly_count", "train_on_anomalies"), renamed, strict=True)),
             "setting": setting.value if isinstance(setting, Setting) else setting,
-            "seen_defect_type": seen_defect_type,
-            "seed": seed,
-            "pseudo_anomaly_source": pseudo_anomaly_source,
-            "pseudo_anomaly_ratio": pseudo_anomaly_ratio,
-            "pseudo_anomaly_count": pseudo_anomaly_count,
-            "repeat_anomalies": repeat_anomalies,
-            "train_on_anomalies": train_on_anomalies,
-            "paste_in_foreground": paste_in_foreground,
         }
         self._replay: SplitManifest | None = None
         if replay_manifest is not None:
@@ -187,7 +171,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             args = ()
         workers = default_num_workers() if num_workers is None else num_workers
         super().__init__(*args, seed=options["seed"], num_workers=workers, **kwargs)
-        check_options(**{key: options[key] for key in _CHECKED_OPTIONS}, num_workers=workers)
+        check_options(**{key: options[key] for key in CHECKED_OPTIONS}, num_workers=workers)
         for key, value in options.items():
             setattr(self, key, value)
         self.pseudo_anomaly_ratio = float(self.pseudo_anomaly_ratio)
@@ -430,16 +414,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
     def _init_args(self) -> dict[str, Any]:
         args = {
             **self._dataset_args(),
-            "n_anomalies": self.n_anomalies,
-            "setting": self.setting,
-            "seen_defect_type": self.seen_defect_type,
-            "seed": self.seed,
-            "pseudo_anomaly_source": self.pseudo_anomaly_source,
-            "pseudo_anomaly_ratio": self.pseudo_anomaly_ratio,
-            "pseudo_anomaly_count": self.pseudo_anomaly_count,
-            "repeat_anomalies": self.repeat_anomalies,
-            "train_on_anomalies": self.train_on_anomalies,
-            "paste_in_foreground": self.paste_in_foreground,
+            **{name: getattr(self, name) for name in FEW_ANOMALY_OPTIONS},
             "test_split_mode": self.test_split_mode,
             "test_split_ratio": self.test_split_ratio,
             "val_split_mode": self.val_split_mode,
@@ -666,3 +641,16 @@ class FewAnomalyDataModule(AnomalibDataModule):
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
         return DataLoader(train_set, sampler=sampler, **loader_args)
+
+
+# The few-anomaly options that define the split and the training set, recorded in the manifest: every keyword of
+# ``FewAnomalyDataModule.__init__`` but these. A new option is declared there, once.
+_NOT_RECORDED = {"self", "args", "kwargs", "num_workers", "manifest_path", "replay_manifest", "verify_images"}
+_DEPRECATED = {"pseudo_anomalies", "train_anomalies"}
+FEW_ANOMALY_OPTIONS = tuple(
+    name
+    for name in inspect.signature(FewAnomalyDataModule.__init__).parameters
+    if name not in _NOT_RECORDED | _DEPRECATED
+)
+# Those that :func:`.options.check_options` checks (its keywords, but ``num_workers``).
+CHECKED_OPTIONS = tuple(name for name in inspect.signature(check_options).parameters if name != "num_workers")
