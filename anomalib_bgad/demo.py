@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anomalib.engine import Engine
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from anomalib_bgad import Bgad
+from anomalib_bgad.callbacks import EpochLog
 from anomalib_bgad.data import FewAnomalyMVTecAD
 from anomalib_bgad.embedded import EMBEDDED_CATEGORIES, generate_embedded_dataset
 from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME
@@ -42,32 +43,6 @@ DEMO_BATCH_SIZE = 16
 # pasted keeps that proportion (30 of 90) and the CPU budget.
 DEMO_REPEAT_ANOMALIES = 2
 DEMO_PSEUDO_ANOMALIES = 1.0
-
-
-class EpochProgress(Callback):
-    """Print one line per training epoch (the demo runs without a progress bar).
-
-    Args:
-        label (str): Prefix of every line, e.g. ``"[demo] bgad on brick"``.
-    """
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.start = 0.0
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        del trainer, pl_module
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        phase = 2 if getattr(pl_module, "in_phase2", True) else 1
-        loss = trainer.callback_metrics.get("train_loss")
-        loss_text = f", loss {float(loss):.3f}" if loss is not None else ""
-        print(
-            f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs} (phase {phase}){loss_text}, "
-            f"{time.perf_counter() - self.start:.0f} s",
-            flush=True,
-        )
 
 
 def train_and_test(
@@ -112,7 +87,7 @@ def train_and_test(
         devices=1,
         logger=False,
         enable_progress_bar=False,
-        callbacks=[EpochProgress(f"[demo] {loss_mode} on {category}")],
+        callbacks=[EpochLog(f"[demo] {loss_mode} on {category}", emit=lambda line: print(line, flush=True))],
     )
     start = time.perf_counter()
     engine.fit(model, datamodule=datamodule)

@@ -45,7 +45,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch.autograd.graph import increment_version
 
-from anomalib_bgad.callbacks import CheckpointPathHint, PredictionTable
+from anomalib_bgad.callbacks import CheckpointPathHint, EpochLog, PredictionTable
 from anomalib_bgad.data.predict import use_project_reader
 from anomalib_bgad.export_logs import quiet_export_logs
 from anomalib_bgad.visualizer import ScoredImageVisualizer
@@ -414,12 +414,18 @@ class Bgad(AnomalibModule):
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
         """anomalib's component callbacks, :class:`BoundaryHistogram` (its PNG after ``test``),
-        :class:`~anomalib_bgad.callbacks.PredictionTable` (``predictions.csv`` after ``predict``) and
-        :class:`~anomalib_bgad.callbacks.CheckpointPathHint` (a hint when an exported model is given as checkpoint).
+        :class:`~anomalib_bgad.callbacks.PredictionTable` (``predictions.csv`` after ``predict``),
+        :class:`~anomalib_bgad.callbacks.CheckpointPathHint` (a hint when an exported model is given as checkpoint)
+        and :class:`~anomalib_bgad.callbacks.EpochLog` (a line per epoch and the checkpoint path; one the trainer
+        already has, e.g. the demo's, is kept).
         """
         callbacks = super().configure_callbacks()
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
-        return [*callbacks, BoundaryHistogram(), PredictionTable(), CheckpointPathHint()]
+        callbacks += [BoundaryHistogram(), PredictionTable(), CheckpointPathHint()]
+        trainer_callbacks = self._trainer.callbacks if self._trainer is not None else []
+        if not any(isinstance(callback, EpochLog) for callback in trainer_callbacks):
+            callbacks.append(EpochLog())
+        return callbacks
 
     @classmethod
     def configure_visualizer(cls) -> ScoredImageVisualizer:
