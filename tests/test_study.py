@@ -28,12 +28,14 @@ def test_the_report_averages_categories_then_seeds_and_marks_partial_means() -> 
     full = [row("bgad", c, s, v + s / 10) for c, v in (("brick", 0.9), ("grass", 0.6), ("gravel", 0.3)) for s in (0, 1)]
     partial = [row("nfad", "brick", 0, 0.8), row("nfad", "gravel", 0, 0.4)]
     failed = [{**row("padim", "grass", 0, 0.0), "status": "failed", "error": "RuntimeError('boom')"}]
+    failed += [{**row("bgad", "grass", 1, 0.0), "status": "failed", "error": "RuntimeError('killed, rerun')"}]
     report = render_report(study, full + partial + failed)
 
     # seed 0: mean 0.6, seed 1: mean 0.7 -> 0.650 ± 0.071 (sample std over the two seed means)
     assert "| 0.650 ± 0.071 |" in table_line(report, "bgad")
     assert "| 0.600 (2/3 categories) |" in table_line(report, "nfad")  # one seed: no ±; two categories: said
     assert "- padim / mean / multi_class / grass / seed 0: RuntimeError('boom')" in report
+    assert "killed, rerun" not in report  # the failed bgad cell was run again and succeeded
     assert "## one_class" not in report  # no rows, no section
 
 
