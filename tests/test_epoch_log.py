@@ -1,8 +1,10 @@
-"""A line per training epoch and the checkpoint path, in a log file too (not only in the progress bar)."""
+"""A line per training epoch and the checkpoint path, in a log file too (not only in the progress
+bar); no warning about the frozen backbone's eval mode."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,16 @@ def _fit(root: Path, output: Path, kwargs: dict, callbacks: list) -> None:
 def test_bgad_logs_each_epoch_and_the_checkpoint(
     tiny_mvtec_root: Path, small_bgad_kwargs: dict, tmp_path: Path, caplog
 ):
-    with caplog.at_level(logging.INFO, logger="anomalib_bgad.callbacks.epoch_log"):
+    filters_before = list(warnings.filters)
+    with (
+        caplog.at_level(logging.INFO, logger="anomalib_bgad.callbacks.epoch_log"),
+        warnings.catch_warnings(record=True) as seen,
+    ):
+        warnings.simplefilter("always")
         _fit(tiny_mvtec_root, tmp_path / "logged", small_bgad_kwargs, [])
+    # The frozen backbone is in eval mode on purpose: Lightning's warning about it is silenced, for the fit only.
+    assert not [w for w in seen if "in eval mode at the start of training" in str(w.message)]
+    assert list(warnings.filters) == filters_before
     lines = [record.getMessage() for record in caplog.records if record.name == "anomalib_bgad.callbacks.epoch_log"]
     assert lines[0].startswith("BGAD: epoch 1/2 (phase 1), loss ")
     assert lines[1].startswith("BGAD: epoch 2/2 (phase 2), loss ")

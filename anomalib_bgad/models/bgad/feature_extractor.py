@@ -17,6 +17,10 @@ from anomalib_bgad.backbones import backbone_normalization, create_feature_extra
 from .flow import is_tracing
 from .pre_processor import IMAGENET_MEAN, IMAGENET_STD
 
+# Lightning warns when a fit starts with modules in eval mode ("This may lead to unexpected behavior"). The frozen
+# backbone's modules are in eval mode on purpose, so BGAD silences this one message while it trains.
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+
 
 class FrozenFeatureExtractor(nn.Module):
     """A frozen timm backbone that always stays in eval mode.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ from .cuda_graphs import GraphedFlows
 from .distributed import all_ranks_true, is_distributed, max_over_ranks
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
+from .feature_extractor import EVAL_MODE_WARNING
 from .fibers import LabeledFibers, batch_position_groups, label_fibers, steps_per_batch
 from .loss import BgadLoss
 from .numerics import (
@@ -323,13 +325,20 @@ class Bgad(AnomalibModule):
             self.feature_cache.end_epoch()
 
     def on_fit_start(self) -> None:
-        """Train the flows through CUDA graphs on a (single) CUDA device, if ``cuda_graphs``."""
+        """Train the flows through CUDA graphs on a (single) CUDA device, if ``cuda_graphs``; silence Lightning's
+        warning about the frozen backbone's eval-mode modules until the fit ends."""
         single_cuda = self.device.type == "cuda" and not is_distributed()
         self.model.graphed_flows = GraphedFlows(self.model.flows) if self.cuda_graphs and single_cuda else None
+        self._fit_warnings = warnings.catch_warnings()
+        self._fit_warnings.__enter__()
+        warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
 
     def on_fit_end(self) -> None:
-        """Release the graphs (and their memory pools)."""
+        """Release the graphs (and their memory pools); restore the warning filters."""
         self.model.graphed_flows = None
+        if getattr(self, "_fit_warnings", None) is not None:
+            self._fit_warnings.__exit__(None, None, None)
+            self._fit_warnings = None
 
     def on_train_epoch_end(self) -> None:
         """Finish the epoch if its last step did not (e.g. stopped by ``max_steps``)."""
