@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import seed_everything
 
 from anomalib_bgad import Bgad
 
@@ -45,7 +46,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bgad, Path, Path
     """A small BGAD with trained-like flows, a boundary and post-processing statistics, exported to ONNX and IR."""
     import openvino as ov
 
-    torch.manual_seed(0)
+    # Module scope: conftest's per-test numpy seed runs after this fixture, so seed FrEIA's soft permutations
+    # (numpy's global RNG) here too, or the model would depend on which tests ran before.
+    seed_everything(0, verbose=False)
     module = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)), visualizer=False)
     perturb_flows(module)
     module.model.boundary.b_n.copy_(torch.tensor([-0.3, -0.4, -0.5]))

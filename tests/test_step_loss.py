@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch import seed_everything
 
 from anomalib_bgad.models.bgad.fibers import label_fibers, to_fibers
 from anomalib_bgad.models.bgad.loss import BgadLoss
@@ -16,7 +17,7 @@ from anomalib_bgad.models.bgad.torch_model import BgadModel
 
 @pytest.fixture(scope="module")
 def model_and_features() -> tuple[BgadModel, list[torch.Tensor]]:
-    torch.manual_seed(0)
+    seed_everything(0, verbose=False)  # torch and numpy (FrEIA's permutations)
     model = BgadModel(coupling_blocks=2)
     with torch.no_grad():
         features = model.feature_extractor(torch.randn(2, 3, 64, 64))
