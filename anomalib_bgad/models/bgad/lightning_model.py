@@ -326,19 +326,26 @@ class Bgad(AnomalibModule):
 
     def on_fit_start(self) -> None:
         """Train the flows through CUDA graphs on a (single) CUDA device, if ``cuda_graphs``; silence Lightning's
-        warning about the frozen backbone's eval-mode modules until the fit ends."""
+        warning about the frozen backbone's eval-mode modules, which it gives just before ``on_train_start``."""
         single_cuda = self.device.type == "cuda" and not is_distributed()
         self.model.graphed_flows = GraphedFlows(self.model.flows) if self.cuda_graphs and single_cuda else None
-        self._fit_warnings = warnings.catch_warnings()
-        self._fit_warnings.__enter__()
+        self._eval_mode_warning_filter = warnings.catch_warnings()
+        self._eval_mode_warning_filter.__enter__()
         warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
 
+    def on_train_start(self) -> None:
+        """Restore the warning filters: the eval-mode warning has been given, training's own warnings show."""
+        self._restore_warning_filters()
+
     def on_fit_end(self) -> None:
-        """Release the graphs (and their memory pools); restore the warning filters."""
+        """Release the graphs (and their memory pools); restore the warning filters if training never started."""
         self.model.graphed_flows = None
-        if getattr(self, "_fit_warnings", None) is not None:
-            self._fit_warnings.__exit__(None, None, None)
-            self._fit_warnings = None
+        self._restore_warning_filters()
+
+    def _restore_warning_filters(self) -> None:
+        if getattr(self, "_eval_mode_warning_filter", None) is not None:
+            self._eval_mode_warning_filter.__exit__(None, None, None)
+            self._eval_mode_warning_filter = None
 
     def on_train_epoch_end(self) -> None:
         """Finish the epoch if its last step did not (e.g. stopped by ``max_steps``)."""
