@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.models.bgad import lightning_model
+from anomalib_bgad.models.bgad.fibers import fiber_generator
 from anomalib_bgad.models.bgad.lightning_model import NonFiniteTrainingError
 from anomalib_bgad.models.bgad.schedule import build_optimizer
 
@@ -748,12 +749,10 @@ def test_torch_deterministic_mode_runs_and_gives_the_same_result(
 @pytest.mark.slow
 def test_the_fiber_shuffle_seed_does_not_depend_on_python_hash_randomisation(monkeypatch: pytest.MonkeyPatch) -> None:
     """``hash((seed, epoch, batch))`` of ints is not salted by PYTHONHASHSEED (unlike str): same in any process."""
-    from types import SimpleNamespace
-
     code = (
-        "import os, torch; from types import SimpleNamespace; os.environ['PL_GLOBAL_SEED'] = '123'\n"
-        "from anomalib_bgad.models.bgad.lightning_model import Bgad\n"
-        "generator = Bgad._fiber_generator(SimpleNamespace(current_epoch=4), 7)\n"
+        "import os, torch; os.environ['PL_GLOBAL_SEED'] = '123'\n"
+        "from anomalib_bgad.models.bgad.fibers import fiber_generator\n"
+        "generator = fiber_generator(4, 7)\n"
         "print(hash('bgad'), torch.randperm(1000, generator=generator)[:20].tolist())"
     )
     hash_seed = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
@@ -765,12 +764,12 @@ def test_the_fiber_shuffle_seed_does_not_depend_on_python_hash_randomisation(mon
         check=True,
     ).stdout.strip()
     monkeypatch.setenv("PL_GLOBAL_SEED", "123")
-    here = torch.randperm(1000, generator=Bgad._fiber_generator(SimpleNamespace(current_epoch=4), 7))[:20].tolist()
+    here = torch.randperm(1000, generator=fiber_generator(4, 7))[:20].tolist()
     other_str_hash, other_order = other.split(" ", 1)
     assert int(other_str_hash) != hash("bgad")  # the two processes do salt str hashes differently ...
     assert other_order == str(here)  # ... and still shuffle the fibers alike
     monkeypatch.setenv("PL_GLOBAL_SEED", "124")
-    another_seed = torch.randperm(1000, generator=Bgad._fiber_generator(SimpleNamespace(current_epoch=4), 7))[:20]
+    another_seed = torch.randperm(1000, generator=fiber_generator(4, 7))[:20]
     assert another_seed.tolist() != here
 
 

@@ -7,6 +7,7 @@ training works offline.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,30 @@ from .pre_processor import IMAGENET_MEAN, IMAGENET_STD
 # Lightning warns when a fit starts with modules in eval mode ("This may lead to unexpected behavior"). The frozen
 # backbone's modules are in eval mode on purpose, so BGAD silences this one message while it trains.
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+
+
+class EvalModeWarningFilter:
+    """Silences :data:`EVAL_MODE_WARNING` between :meth:`start` (``on_fit_start``) and :meth:`stop`.
+
+    Lightning gives the warning just before ``on_train_start``, so stopping there (and again at ``on_fit_end``, in
+    case training never started) leaves every other warning of training visible. :meth:`stop` is idempotent.
+    """
+
+    def __init__(self) -> None:
+        self._filter: warnings.catch_warnings | None = None
+
+    def start(self) -> None:
+        """Save the warning filters and add one that ignores :data:`EVAL_MODE_WARNING`."""
+        self.stop()
+        self._filter = warnings.catch_warnings()
+        self._filter.__enter__()
+        warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
+
+    def stop(self) -> None:
+        """Restore the warning filters saved by :meth:`start`, if it is active."""
+        if self._filter is not None:
+            self._filter.__exit__(None, None, None)
+            self._filter = None
 
 
 class FrozenFeatureExtractor(nn.Module):

@@ -16,6 +16,8 @@ draws of the same fibers and feed the same loss.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -78,6 +80,45 @@ def label_fibers(features: list[torch.Tensor], finite: list[torch.Tensor], masks
     normal = [~mask & ok for mask, ok in zip(known, finite, strict=True)]
     anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
     return LabeledFibers(features, normal, anomalous, grids)
+
+
+def training_fibers(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    paths: Sequence[str],
+    extract: Callable[[torch.Tensor], list[torch.Tensor]],
+    drop_nonfinite: Callable[[list[torch.Tensor], Sequence[str]], tuple[list[torch.Tensor], list[torch.Tensor]]],
+) -> LabeledFibers:
+    """A training batch's labeled fibers: backbone features, non-finite fibers zeroed and unlabeled.
+
+    Args:
+        images (torch.Tensor): The images trained on, ``(B, 3, H, W)``; ``B = 0`` only under DDP, where this rank
+            then joins the collective steps with one zero-weighted dummy image (all its fibers unlabeled).
+        masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks; ``None`` means all normal.
+        paths (Sequence[str]): The images' paths, to name those with non-finite features.
+        extract (Callable): Images to per-level features ``(B, C_k, H_k, W_k)`` (the backbone, through the
+            feature cache).
+        drop_nonfinite (Callable): Features and paths to the features with non-finite fibers zeroed and the
+            per-level finite masks (:class:`.numerics.NonFiniteFibers`).
+
+    Returns:
+        LabeledFibers: See :func:`label_fibers`.
+    """
+    if images.shape[0] == 0:
+        features = extract(images.new_zeros(1, *images.shape[1:]))
+        unused = [torch.zeros_like(level[:, 0]).bool() for level in features]
+        return label_fibers([level * 0.0 for level in features], unused, None)
+    return label_fibers(*drop_nonfinite(extract(images), paths), masks)
+
+
+def fiber_generator(epoch: int, batch_idx: int) -> torch.Generator:
+    """CPU RNG of a batch's position groups, fixed by (global seed, epoch, batch) so that resumed runs draw alike.
+
+    The global seed is Lightning's ``PL_GLOBAL_SEED`` (0 if unset). ``hash`` of a tuple of ints is not salted by
+    ``PYTHONHASHSEED``: the draw is the same in every process.
+    """
+    seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    return torch.Generator().manual_seed(hash((seed, epoch, batch_idx)) & 0x7FFF_FFFF_FFFF)
 
 
 def steps_per_batch(num_images: int, grid_size: tuple[int, int], fiber_batch_size: int) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +43,6 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torch.autograd.graph import increment_version
 
 from anomalib_bgad.callbacks import CheckpointPathHint, EpochLog, PredictionTable
 from anomalib_bgad.data.predict import use_project_reader
@@ -55,11 +53,11 @@ from . import checkpoint
 from .boundary import map_legacy_state
 from .boundary_plot import BoundaryHistogram
 from .cuda_graphs import GraphedFlows
-from .distributed import all_ranks_true, is_distributed, max_over_ranks
+from .distributed import is_distributed, max_over_ranks
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
-from .feature_extractor import EVAL_MODE_WARNING
-from .fibers import LabeledFibers, batch_position_groups, label_fibers, steps_per_batch
+from .feature_extractor import EvalModeWarningFilter
+from .fibers import LabeledFibers, batch_position_groups, fiber_generator, steps_per_batch, training_fibers
 from .loss import BgadLoss
 from .numerics import (
     NonFiniteFibers,
@@ -68,7 +66,7 @@ from .numerics import (
     check_finite_flows,
     check_finite_scores,
     check_finite_weights,
-    step_unless_nonfinite,
+    guarded_step,
     training_advice,
 )
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
@@ -199,6 +197,7 @@ class Bgad(AnomalibModule):
         )
         self.nonfinite_fibers = NonFiniteFibers()
         self.epoch_record = EpochRecord()  # epoch state outside the state dict, saved with every checkpoint
+        self.eval_mode_warning_filter = EvalModeWarningFilter()
 
     @property
     def in_phase2(self) -> bool:
@@ -210,11 +209,6 @@ class Bgad(AnomalibModule):
         """Tells few-anomaly datamodules to include labeled and pseudo anomalies (not for ``nfad``/``bgad_wo``)."""
         return self.loss.mode.uses_anomalies
 
-    def _fiber_generator(self, batch_idx: int) -> torch.Generator:
-        """RNG of the position groups, fixed by (seed, epoch, batch) so that resumed runs draw alike."""
-        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-        return torch.Generator().manual_seed(hash((seed, self.current_epoch, batch_idx)) & 0x7FFF_FFFF_FFFF)
-
     def _select_images(self, batch: Batch) -> torch.Tensor:
         """Images this phase and loss mode train on: phase 1 and anomaly-free ablations use normal ones only."""
         labels = batch.gt_label
@@ -222,17 +216,14 @@ class Bgad(AnomalibModule):
             return torch.ones(batch.image.shape[0], dtype=torch.bool)
         return labels.cpu() == 0
 
-    def _training_fibers(self, batch: Batch, keep: torch.Tensor, paths: list[str]) -> LabeledFibers:
-        """The kept images' backbone features (cached across epochs), non-finite fibers zeroed and unlabeled."""
+    def _training_fibers(self, batch: Batch, keep: torch.Tensor) -> LabeledFibers:
+        """The kept images' labeled fibers; backbone features cached across epochs (:mod:`.feature_cache`)."""
         images = batch.image[keep]
         masks = batch.gt_mask[keep] if batch.gt_mask is not None and images.shape[0] else None
-        if images.shape[0] == 0:  # only under DDP: this rank joins the steps with a zero-weighted dummy image
-            features = self.model.feature_extractor(images.new_zeros(1, *images.shape[1:]))
-            unused = [torch.zeros_like(level[:, 0]).bool() for level in features]
-            return label_fibers([level * 0.0 for level in features], unused, None)
-        extract = self.model.feature_extractor
-        features = self.feature_cache(images, extract) if self.feature_cache is not None else extract(images)
-        return label_fibers(*self.nonfinite_fibers(features, paths), masks)
+        paths = [path for path, kept in zip(batch.image_path or [], keep.tolist(), strict=False) if kept]
+        backbone, cache = self.model.feature_extractor, self.feature_cache
+        extract = backbone if cache is None or not images.shape[0] else lambda x: cache(x, backbone)
+        return training_fibers(images, masks, paths, extract, self.nonfinite_fibers)
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
         """Train on one batch: several optimiser steps, each over one position group of every level.
@@ -254,11 +245,11 @@ class Bgad(AnomalibModule):
         if count == 0:
             self._finish_epoch_if_last_batch(batch_idx)
             return None
-        paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
-        fibers = self._training_fibers(batch, selected.to(device), paths)
+        fibers = self._training_fibers(batch, selected.to(device))
         finest = max(fibers.grids, key=lambda grid: grid[0] * grid[1])
         num_steps = steps_per_batch(count, finest, self.fiber_batch_size)
-        groups = batch_position_groups(fibers.grids, num_steps, self._fiber_generator(batch_idx), device)
+        generator = fiber_generator(self.current_epoch, batch_idx)
+        groups = batch_position_groups(fibers.grids, num_steps, generator, device)
         for step in range(num_steps):
             self._optimizer_step(fibers, [level[step] for level in groups])
         self.guard.check_batch(f"epoch {self.current_epoch}, batch {batch_idx}")
@@ -273,15 +264,8 @@ class Bgad(AnomalibModule):
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(step.total)
-        max_norm = self.gradient_clip_norm if self.gradient_clip_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.flows.parameters(), max_norm, foreach=True)
-        ll_finite, loss_finite = all_ranks_true(step.log_likelihood_finite), all_ranks_true(step.loss_finite)
-        ok = ll_finite & loss_finite & torch.isfinite(grad_norm)  # the gradients are all-reduced: same on all ranks
-        self.guard.check_step(ll_finite, loss_finite, ok)
-        step_unless_nonfinite(optimizer, ok)
-        # Fused Adam updates the weights without bumping their autograd version counters, which the folded
-        # inference cache (:mod:`.folded_flow`) keys on.
-        increment_version(list(self.model.flows.parameters()))
+        flows, finite = self.model.flows.parameters(), (step.log_likelihood_finite, step.loss_finite)
+        ok = guarded_step(optimizer, flows, *finite, self.guard, self.gradient_clip_norm)
         for level, (b_n, valid) in enumerate(step.b_n):
             self.model.boundary.accumulate(level, b_n, ok & valid)
         self.epoch_record.add_step(step.terms, ok, step.anomalous_fibers)
@@ -329,23 +313,16 @@ class Bgad(AnomalibModule):
         warning about the frozen backbone's eval-mode modules, which it gives just before ``on_train_start``."""
         single_cuda = self.device.type == "cuda" and not is_distributed()
         self.model.graphed_flows = GraphedFlows(self.model.flows) if self.cuda_graphs and single_cuda else None
-        self._eval_mode_warning_filter = warnings.catch_warnings()
-        self._eval_mode_warning_filter.__enter__()
-        warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
+        self.eval_mode_warning_filter.start()
 
     def on_train_start(self) -> None:
         """Restore the warning filters: the eval-mode warning has been given, training's own warnings show."""
-        self._restore_warning_filters()
+        self.eval_mode_warning_filter.stop()
 
     def on_fit_end(self) -> None:
         """Release the graphs (and their memory pools); restore the warning filters if training never started."""
         self.model.graphed_flows = None
-        self._restore_warning_filters()
-
-    def _restore_warning_filters(self) -> None:
-        if getattr(self, "_eval_mode_warning_filter", None) is not None:
-            self._eval_mode_warning_filter.__exit__(None, None, None)
-            self._eval_mode_warning_filter = None
+        self.eval_mode_warning_filter.stop()
 
     def on_train_epoch_end(self) -> None:
         """Finish the epoch if its last step did not (e.g. stopped by ``max_steps``)."""

@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from torch.autograd.graph import increment_version
+
+from .distributed import all_ranks_true
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +242,43 @@ def step_unless_nonfinite(optimizer: Any, ok: torch.Tensor) -> None:
         optimizer.step()
     elif bool(ok):
         optimizer.step()
+
+
+def guarded_step(
+    optimizer: Any,
+    parameters: Iterable[torch.Tensor],
+    log_likelihood_finite: torch.Tensor,
+    loss_finite: torch.Tensor,
+    guard: NonFiniteGuard,
+    gradient_clip_norm: float,
+) -> torch.Tensor:
+    """Clip the gradients, count the step in ``guard`` and step ``optimizer`` only if everything is finite.
+
+    Call after the backward pass. Under DDP the finiteness flags are and-ed over ranks (the gradients are already
+    all-reduced), so every rank takes the same decision.
+
+    Args:
+        optimizer (Any): A ``torch.optim.Adam`` or Lightning's wrapper of one.
+        parameters (Iterable[torch.Tensor]): The trained parameters (the flows').
+        log_likelihood_finite (torch.Tensor): Boolean scalar: the step's log-likelihoods are finite.
+        loss_finite (torch.Tensor): Boolean scalar: the step's loss is finite.
+        guard (NonFiniteGuard): Counts the step and its skip.
+        gradient_clip_norm (float): Largest gradient norm; ``0`` disables clipping.
+
+    Returns:
+        torch.Tensor: Boolean scalar: whether the step was taken (on the device, no host synchronisation).
+    """
+    parameters = list(parameters)
+    max_norm = gradient_clip_norm if gradient_clip_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+    ll_finite, loss_finite = all_ranks_true(log_likelihood_finite), all_ranks_true(loss_finite)
+    ok = ll_finite & loss_finite & torch.isfinite(grad_norm)
+    guard.check_step(ll_finite, loss_finite, ok)
+    step_unless_nonfinite(optimizer, ok)
+    # Fused Adam updates the weights without bumping their autograd version counters, which the folded
+    # inference cache (:mod:`.folded_flow`) keys on.
+    increment_version(parameters)
+    return ok
 
 
 def check_finite_flows(flows: torch.nn.Module, guard: NonFiniteGuard) -> None:
