@@ -341,6 +341,8 @@ def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
             )
         lines.append("")
 
+    lines += render_effects(study, ok)
+
     def cell(r: dict[str, Any]) -> tuple[str, ...]:
         return (r["config"], r["scoring"], r["setting"], r["category"], str(r["seed"]))
 
@@ -353,6 +355,54 @@ def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
             for r in failed
         ]
     return "\n".join(lines) + "\n"
+
+
+def render_effects(study: dict[str, Any], ok: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: every configuration and scoring minus the study's ``baseline``, paired by cell.
+
+    A candidate run on fewer seeds than the baseline is compared on the cells (setting, category, seed) both have,
+    so that seed-to-seed spread does not pass for an effect. Empty without a ``baseline: {config, scoring}``.
+    """
+    baseline = study.get("baseline")
+    if not baseline:
+        return []
+    base_key = (baseline["config"], baseline.get("scoring", "mean"))
+    by_cell = {(r["config"], r["scoring"], r["setting"], r["category"], r["seed"]): r for r in ok}
+    lines = [
+        f"## Effects against {base_key[0]} / {base_key[1]}",
+        "",
+        "Candidate minus baseline, mean over the cells (setting, category, seed) that both ran; the last column "
+        "gives it per category (image AUROC / pixel AUROC / AUPRO).",
+        "",
+        "| setting | config | scoring | seeds | Δ " + " | Δ ".join(METRICS) + " | per category |",
+        "|" + "---|" * (5 + len(METRICS)),
+    ]
+    keys = sorted({(c, sc) for c, sc, *_ in by_cell}, key=lambda k: (list(study["configs"]).index(k[0]), k[1]))
+    for setting in study["settings"]:
+        for config, scoring in keys:
+            if (config, scoring) == base_key:
+                continue
+            pairs = [
+                (r, by_cell[(*base_key, *cell)])
+                for (c, sc, *cell), r in by_cell.items()
+                if (c, sc) == (config, scoring) and cell[0] == setting and (*base_key, *cell) in by_cell
+            ]
+            if not pairs:
+                continue
+            deltas = {m: [float(r[m]) - float(b[m]) for r, b in pairs] for m in METRICS}
+            per_category = []
+            for category in study["dataset"]["categories"]:
+                mine = [(r, b) for r, b in pairs if r["category"] == category]
+                if mine:
+                    values = [sum(float(r[m]) - float(b[m]) for r, b in mine) / len(mine) for m in METRICS]
+                    per_category.append(f"{category} " + "/".join(f"{v:+.3f}" for v in values))
+            seeds = ",".join(sorted({r["seed"] for r, _ in pairs}))
+            lines.append(
+                f"| {setting} | {config} | {scoring} | {seeds} | "
+                + " | ".join(f"{sum(v) / len(v):+.3f}" for v in deltas.values())
+                + f" | {'; '.join(per_category)} |"
+            )
+    return [*lines, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

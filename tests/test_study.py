@@ -39,6 +39,19 @@ def test_the_report_averages_categories_then_seeds_and_marks_partial_means() -> 
     assert "## one_class" not in report  # no rows, no section
 
 
+def test_effects_pair_each_candidate_with_the_baseline_on_the_cells_both_ran() -> None:
+    study = load_study(STUDY, ["seeds=[0, 1]"])
+    baseline = [row("bgad", c, s, 0.5 + s / 10) for c in ("brick", "grass") for s in (0, 1)]
+    candidate = [row("bgad_tau0.2", "brick", 0, 0.6), row("bgad_tau0.2", "grass", 0, 0.3)]  # seed 0 only
+    report = render_report(study, baseline + candidate)
+
+    line = next(x for x in report.splitlines() if x.startswith("| multi_class | bgad_tau0.2 | mean |"))
+    # Paired with seed 0 only (baseline 0.5 there), not with the two-seed mean 0.55: +0.1 and -0.2, mean -0.050.
+    assert line.startswith("| multi_class | bgad_tau0.2 | mean | 0 | -0.050 | -0.050 | -0.050 |")
+    assert "brick +0.100/+0.100/+0.100; grass -0.200/-0.200/-0.200" in line
+    assert "| multi_class | bgad | mean |" not in report.split("## Effects")[1]  # the baseline is not its own row
+
+
 def test_one_class_splits_name_the_seen_type_and_a_bad_setting_is_refused(tmp_path: Path) -> None:
     study = load_study(STUDY, ["seeds=[0]"])
     rows = split_rows(study, tmp_path)
