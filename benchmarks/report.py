@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+from benchmarks.worker import METRICS
+
 METRIC_LABELS = {"image_AUROC": "image AUROC", "pixel_AUROC": "pixel AUROC", "pixel_AUPRO": "AUPRO"}
 COLUMNS = (
     "key",

@@ -84,7 +84,6 @@ from typing import Any
 import yaml
 
 SETTING_KINDS = ("multi_class", "one_class", "sweep")
-METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 DEFAULT_DATAMODULE = "anomalib_bgad.data.FewAnomalyMVTecAD"
 REPORTS = ("settings", "time_to_accuracy")
 # A row's kind: a trained and tested cell, or the calibration fit of a model with training-time budgets.
