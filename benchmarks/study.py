@@ -293,6 +293,12 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(handle))
 
 
+def config_order(study: dict[str, Any], key: tuple[str, str]) -> tuple[int, str, str]:
+    """Sort key of a (configuration, scoring): the YAML's order; configurations it no longer has go last."""
+    names = list(study["configs"])
+    return (names.index(key[0]) if key[0] in names else len(names), key[0], key[1])
+
+
 def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
     """Markdown: per setting, configuration and scoring the mean over categories (± std over seeds, if more than one),
     then per category."""
@@ -309,9 +315,7 @@ def render_report(study: dict[str, Any], results: list[dict[str, Any]]) -> str:
         header = "| config | scoring | epochs | train s | " + " | ".join(METRICS) + " | "
         header += " | ".join(f"{c} {m}" for c in categories for m in ("img", "pix", "pro")) + " | cells |"
         lines += [header, "|" + "---|" * (4 + len(METRICS) + 3 * len(categories) + 1)]
-        keys = sorted(
-            {(r["config"], r["scoring"]) for r in rows}, key=lambda k: (list(study["configs"]).index(k[0]), k[1])
-        )
+        keys = sorted({(r["config"], r["scoring"]) for r in rows}, key=lambda k: config_order(study, k))
         for config, scoring in keys:
             cells = [r for r in rows if r["config"] == config and r["scoring"] == scoring]
             seeds = sorted({r["seed"] for r in cells})
@@ -377,7 +381,7 @@ def render_effects(study: dict[str, Any], ok: list[dict[str, Any]]) -> list[str]
         "| setting | config | scoring | seeds | Δ " + " | Δ ".join(METRICS) + " | per category |",
         "|" + "---|" * (5 + len(METRICS)),
     ]
-    keys = sorted({(c, sc) for c, sc, *_ in by_cell}, key=lambda k: (list(study["configs"]).index(k[0]), k[1]))
+    keys = sorted({(c, sc) for c, sc, *_ in by_cell}, key=lambda k: config_order(study, k))
     for setting in study["settings"]:
         for config, scoring in keys:
             if (config, scoring) == base_key:
@@ -414,12 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="write results.md from results.csv")
     args = parser.parse_args(argv)
     study = load_study(args.config, args.set)
-    if args.configs:
-        wanted = args.configs.split(",")
-        study["configs"] = {name: config for name, config in study["configs"].items() if name in wanted}
     output = Path(args.output or Path("benchmarks/results") / study["study"])
     if not args.report_only:
-        run_study(study, output, int(study.get("parallel", 1)))
+        wanted = args.configs.split(",") if args.configs else list(study["configs"])
+        subset = {**study, "configs": {name: config for name, config in study["configs"].items() if name in wanted}}
+        run_study(subset, output, int(study.get("parallel", 1)))
+    # The report covers every configuration of the study that has results, not only the ones just run.
     report = render_report(study, read_results(output / "results.csv"))
     (output / "results.md").write_text(report)
     (output / "study.json").write_text(json.dumps(study, indent=2, default=str))

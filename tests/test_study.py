@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 
+from benchmarks import study as study_module
 from benchmarks.study import load_study, render_report, split_rows
 
 STUDY = Path(__file__).parents[1] / "benchmarks" / "studies" / "localisation.yaml"
@@ -50,6 +52,25 @@ def test_effects_pair_each_candidate_with_the_baseline_on_the_cells_both_ran() -
     assert line.startswith("| multi_class | bgad_tau0.2 | mean | 0 | -0.050 | -0.050 | -0.050 |")
     assert "brick +0.100/+0.100/+0.100; grass -0.200/-0.200/-0.200" in line
     assert "| multi_class | bgad | mean |" not in report.split("## Effects")[1]  # the baseline is not its own row
+
+
+def test_running_some_configurations_still_reports_all_of_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--configs`` limits what runs, not what the report shows; a configuration gone from the YAML goes last."""
+    rows = [row("bgad", "brick", 0, 0.9), row("nfad", "brick", 0, 0.8), row("retired", "brick", 0, 0.7)]
+    with (tmp_path / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ran = []
+    monkeypatch.setattr(study_module, "run_study", lambda study, output, parallel: ran.append(list(study["configs"])))
+
+    study_module.main(["--config", str(STUDY), "--output", str(tmp_path), "--configs", "nfad"])
+
+    assert ran == [["nfad"]]
+    report = (tmp_path / "results.md").read_text()
+    table = report.split("## multi_class")[1].split("## Effects")[0]
+    configs = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+    assert configs == ["| config", "| bgad", "| nfad", "| retired"]
 
 
 def test_one_class_splits_name_the_seen_type_and_a_bad_setting_is_refused(tmp_path: Path) -> None:
