@@ -86,7 +86,8 @@ def training_fibers(
     images: torch.Tensor,
     masks: torch.Tensor | None,
     paths: Sequence[str],
-    extract: Callable[[torch.Tensor], list[torch.Tensor]],
+    backbone: Callable[[torch.Tensor], list[torch.Tensor]],
+    cache: Callable[[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]], list[torch.Tensor]] | None,
     drop_nonfinite: Callable[[list[torch.Tensor], Sequence[str]], tuple[list[torch.Tensor], list[torch.Tensor]]],
 ) -> LabeledFibers:
     """A training batch's labeled fibers: backbone features, non-finite fibers zeroed and unlabeled.
@@ -96,8 +97,10 @@ def training_fibers(
             then joins the collective steps with one zero-weighted dummy image (all its fibers unlabeled).
         masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks; ``None`` means all normal.
         paths (Sequence[str]): The images' paths, to name those with non-finite features.
-        extract (Callable): Images to per-level features ``(B, C_k, H_k, W_k)`` (the backbone, through the
-            feature cache).
+        backbone (Callable): Images to per-level features ``(B, C_k, H_k, W_k)``.
+        cache (Callable | None): The feature cache (:class:`.feature_cache.FeatureCache`): features of images
+            seen in earlier epochs without the backbone; ``None`` calls the backbone every time. The DDP dummy
+            image is never cached.
         drop_nonfinite (Callable): Features and paths to the features with non-finite fibers zeroed and the
             per-level finite masks (:class:`.numerics.NonFiniteFibers`).
 
@@ -105,10 +108,11 @@ def training_fibers(
         LabeledFibers: See :func:`label_fibers`.
     """
     if images.shape[0] == 0:
-        features = extract(images.new_zeros(1, *images.shape[1:]))
+        features = backbone(images.new_zeros(1, *images.shape[1:]))
         unused = [torch.zeros_like(level[:, 0]).bool() for level in features]
         return label_fibers([level * 0.0 for level in features], unused, None)
-    return label_fibers(*drop_nonfinite(extract(images), paths), masks)
+    features = cache(images, backbone) if cache is not None else backbone(images)
+    return label_fibers(*drop_nonfinite(features, paths), masks)
 
 
 def fiber_generator(epoch: int, batch_idx: int) -> torch.Generator:

@@ -216,14 +216,13 @@ class Bgad(AnomalibModule):
             return torch.ones(batch.image.shape[0], dtype=torch.bool)
         return labels.cpu() == 0
 
-    def _training_fibers(self, batch: Batch, keep: torch.Tensor) -> LabeledFibers:
-        """The kept images' labeled fibers; backbone features cached across epochs (:mod:`.feature_cache`)."""
-        images = batch.image[keep]
-        masks = batch.gt_mask[keep] if batch.gt_mask is not None and images.shape[0] else None
-        paths = [path for path, kept in zip(batch.image_path or [], keep.tolist(), strict=False) if kept]
+    def _training_fibers(self, batch: Batch, selected: torch.Tensor) -> LabeledFibers:
+        """The selected images' labeled fibers (``selected``: boolean ``(B,)`` on the CPU, read without a sync)."""
+        keep = selected.to(batch.image.device)
+        masks = batch.gt_mask[keep] if batch.gt_mask is not None else None
+        paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
         backbone, cache = self.model.feature_extractor, self.feature_cache
-        extract = backbone if cache is None or not images.shape[0] else lambda x: cache(x, backbone)
-        return training_fibers(images, masks, paths, extract, self.nonfinite_fibers)
+        return training_fibers(batch.image[keep], masks, paths, backbone, cache, self.nonfinite_fibers)
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
         """Train on one batch: several optimiser steps, each over one position group of every level.
@@ -245,7 +244,7 @@ class Bgad(AnomalibModule):
         if count == 0:
             self._finish_epoch_if_last_batch(batch_idx)
             return None
-        fibers = self._training_fibers(batch, selected.to(device))
+        fibers = self._training_fibers(batch, selected)
         finest = max(fibers.grids, key=lambda grid: grid[0] * grid[1])
         num_steps = steps_per_batch(count, finest, self.fiber_batch_size)
         generator = fiber_generator(self.current_epoch, batch_idx)
