@@ -41,15 +41,15 @@ def outputs_to_dict(names: list[str], values: list[np.ndarray]) -> dict[str, np.
     return dict(zip(names, values, strict=True))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bgad, Path, Path]:
+def export_small_model(root: Path, **init_args: object) -> tuple[Bgad, Path, Path]:
     """A small BGAD with trained-like flows, a boundary and post-processing statistics, exported to ONNX and IR."""
     import openvino as ov
 
     # Module scope: conftest's per-test numpy seed runs after this fixture, so seed FrEIA's soft permutations
     # (numpy's global RNG) here too, or the model would depend on which tests ran before.
     seed_everything(0, verbose=False)
-    module = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)), visualizer=False)
+    pre_processor = Bgad.configure_pre_processor(image_size=(64, 64))
+    module = Bgad(coupling_blocks=2, pre_processor=pre_processor, visualizer=False, **init_args)
     perturb_flows(module)
     module.model.boundary.b_n.copy_(torch.tensor([-0.3, -0.4, -0.5]))
     module.eval()
@@ -64,13 +64,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bgad, Path, Path
     post.pixel_min.fill_(raw.min() - 1.0)
     post.pixel_max.fill_(raw.max() + 0.05)
     post._pixel_threshold.fill_(middle)
-    root = tmp_path_factory.mktemp("export")
     onnx_path = module.to_onnx(root)
     # anomalib's to_openvino is exactly this conversion of the exported ONNX file.
     xml_path = root / "weights" / "openvino" / "model.xml"
     xml_path.parent.mkdir(parents=True)
     ov.save_model(ov.convert_model(onnx_path), xml_path, compress_to_fp16=False)
     return module, onnx_path, xml_path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bgad, Path, Path]:
+    """:func:`export_small_model` with the default init args."""
+    return export_small_model(tmp_path_factory.mktemp("export"))
 
 
 def run_eager(module: Bgad, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -115,6 +120,15 @@ def test_eager_onnxruntime_and_openvino_agree(exported: tuple[Bgad, Path, Path])
     assert_parity(run_onnxruntime(onnx_path, images), eager, "onnxruntime")
     assert_parity(run_openvino(xml_path, images), eager, "openvino IR (f32)")
     assert_parity(run_openvino(onnx_path, images), eager, "openvino on the .onnx (f32)")
+
+
+def test_border_padding_exports_with_the_same_scores(tmp_path: Path) -> None:
+    """The reflection padding and the feature crop are in the graph: eager, ONNX Runtime and OpenVINO agree."""
+    module, onnx_path, xml_path = export_small_model(tmp_path, border_padding=16)
+    images = make_images(3, seed=4)
+    eager = run_eager(module, images)
+    assert_parity(run_onnxruntime(onnx_path, images), eager, "onnxruntime, border_padding 16")
+    assert_parity(run_openvino(xml_path, images), eager, "openvino IR (f32), border_padding 16")
 
 
 def test_exported_graph_has_dynamic_batch_and_no_batch_dependence(exported: tuple[Bgad, Path, Path]) -> None:

@@ -10,6 +10,7 @@ from anomalib.data import InferenceBatch
 from lightning.pytorch import seed_everything
 
 from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad.feature_extractor import FrozenFeatureExtractor
 from anomalib_bgad.models.bgad.fibers import (
     downsample_mask,
     gather_positions,
@@ -120,6 +121,25 @@ def test_position_groups_cover_every_position_once_and_the_group_path_equals_per
     grouped = model.position_group_log_likelihood(0, fibers, (4, 5), group)
     per_fiber = model.fiber_log_likelihood(0, fibers, (4, 5), group.repeat(3))
     torch.testing.assert_close(grouped, per_fiber)
+
+
+def test_border_padding_sees_the_mirrored_image_and_keeps_every_level_on_the_image_grid() -> None:
+    images = torch.randn(2, 3, 64, 48)
+    plain = FrozenFeatureExtractor("tf_efficientnet_lite0", (1, 2, 3))
+    padded = FrozenFeatureExtractor("tf_efficientnet_lite0", (1, 2, 3), border_padding=16)
+    padded.load_state_dict(plain.state_dict())
+    features = padded(images)
+    assert [tuple(f.shape[-2:]) for f in features] == [(16, 12), (8, 6), (4, 3)]
+    # The plain backbone on the reflection-padded image, cropped by 16 px / stride (4, 2, 1 positions per side).
+    mirrored = plain(torch.nn.functional.pad(images, (16, 16, 16, 16), mode="reflect"))
+    assert [tuple(f.shape[-2:]) for f in mirrored] == [(24, 20), (12, 10), (6, 5)]
+    for feature, full, crop in zip(features, mirrored, (4, 2, 1), strict=True):
+        torch.testing.assert_close(feature, full[..., crop:-crop, crop:-crop])
+    # Border positions no longer see the backbone's zero padding: their features change.
+    assert not torch.allclose(features[0][..., 0, :], plain(images)[0][..., 0, :], atol=1e-3)
+    for bad in (8, -16):
+        with pytest.raises(ValueError, match=r"border_padding must be a non-negative multiple .* \(16 px"):
+            FrozenFeatureExtractor("tf_efficientnet_lite0", (1, 2, 3), pre_trained=False, border_padding=bad)
 
 
 def test_invalid_init_args_are_rejected() -> None:

@@ -386,6 +386,15 @@ def test_a_checkpoint_of_another_architecture_fails_with_a_clear_message(
     assert "not in the checkpoint" in str(error.value) or "not in this model" in str(error.value)
 
 
+def test_a_checkpoint_with_other_border_padding_fails_naming_it(trained_checkpoint: Path, tmp_path: Path) -> None:
+    """Same tensors, other features: only the saved init arg tells the mismatch, and the error names the fix."""
+    model = Bgad(**{**small_kwargs(), "border_padding": 16})
+    with pytest.raises(ValueError, match="does not fit the BGAD model") as error:
+        make_trainer(tmp_path).predict(model, dataloaders=loader(synthetic_batches(1)), ckpt_path=trained_checkpoint)
+    assert "border_padding: checkpoint 0, this model 16" in str(error.value)
+    assert "--model.border_padding 0" in str(error.value)
+
+
 def test_mid_epoch_training_state_survives_a_checkpoint_round_trip(small_bgad_kwargs: dict, tmp_path: Path) -> None:
     """The epoch accumulators (boundary sums, step counters) are saved, so a mid-epoch resume averages the epoch."""
     source = small_model(small_bgad_kwargs)

@@ -15,9 +15,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from .boundary import map_legacy_state
+from .numerics import check_finite_weights
+
+TRAINING_STATE_KEY = "bgad_training_state"
+
 # Init args that define the function computed from a checkpoint's weights: loading a checkpoint into a model
 # built with other values fails (shape mismatch) or, worse, silently computes something else.
-ARCHITECTURE_HPARAMS = ("backbone", "layers", "condition_vector", "coupling_blocks", "clamp_alpha", "permute_soft")
+ARCHITECTURE_HPARAMS = (
+    "backbone",
+    "layers",
+    "border_padding",
+    "condition_vector",
+    "coupling_blocks",
+    "clamp_alpha",
+    "permute_soft",
+)
 SCORING_HPARAMS = ("normalizer",)  # the stored boundary is in units of l / normalizer
 
 
@@ -88,6 +101,31 @@ def check_compatible(checkpoint: dict[str, Any], hparams: dict[str, Any], own: d
     raise ValueError(msg)
 
 
+def check_loadable(module: Any, checkpoint: dict[str, Any]) -> None:
+    """For ``on_load_checkpoint``: map 0.1.0's state-dict keys in place, then :func:`check_compatible`.
+
+    Args:
+        module (Any): The :class:`~.lightning_model.Bgad` the checkpoint is loaded into.
+        checkpoint (dict[str, Any]): The loaded checkpoint.
+
+    Raises:
+        ValueError: If the checkpoint was made with another backbone, level set or flow architecture.
+    """
+    map_legacy_state(checkpoint.get("state_dict") or {}, "model.")
+    own = {key: value for key, value in module.state_dict().items() if key.startswith("model.")}
+    check_compatible(checkpoint, dict(module.hparams), own)
+
+
+def add_training_state(module: Any, checkpoint: dict[str, Any]) -> None:
+    """For ``on_save_checkpoint``: refuse non-finite weights, then add :func:`training_state` to the checkpoint.
+
+    Raises:
+        NonFiniteTrainingError: If the model's weights or boundary are non-finite (nothing is written).
+    """
+    check_finite_weights(checkpoint.get("state_dict", {}), module.guard)
+    checkpoint[TRAINING_STATE_KEY] = training_state(module)
+
+
 def rng_state() -> dict[str, Any]:
     """Global RNG states (torch CPU, numpy, Python) as plain data that loads under ``weights_only=True``."""
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
@@ -122,11 +160,12 @@ def training_state(module: Any) -> dict[str, Any]:
     }
 
 
-def restore_training_state(module: Any, state: dict[str, Any] | None, resuming: bool) -> None:
-    """Restore what :func:`training_state` saved; with ``resuming`` (a fit from ``ckpt_path``) the RNG streams too.
+def restore_training_state(module: Any, checkpoint: dict[str, Any], resuming: bool) -> None:
+    """Restore what :func:`add_training_state` saved; with ``resuming`` (a fit from ``ckpt_path``) the RNG streams too.
 
     0.1.0 checkpoints hold another training state: nothing is restored from them (they resume at an epoch start).
     """
+    state = checkpoint.get(TRAINING_STATE_KEY)
     if not state or "guard" not in state:
         return
     module.model.boundary.load_training_state(state["boundary"])

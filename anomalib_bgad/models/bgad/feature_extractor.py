@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from anomalib_bgad.backbones import backbone_normalization, create_feature_extractor
@@ -58,11 +59,32 @@ class FrozenFeatureExtractor(nn.Module):
         backbone (str): timm model name.
         layers (Sequence[int]): timm ``out_indices`` of the feature levels.
         pre_trained (bool): Load ImageNet weights (offline when shipped, see :mod:`anomalib_bgad.backbones`).
+        border_padding (int): Pixels of reflection padding added on every side of the image before the backbone;
+            every feature map is cropped back to the image's own grid. Border positions then see mirrored image
+            content instead of the backbone's zero padding. ``0`` (default) feeds the image as it is.
+
+    Raises:
+        ValueError: If ``border_padding`` is negative or not a multiple of the coarsest level's stride (the crop
+            must remove whole feature positions).
     """
 
-    def __init__(self, backbone: str, layers: Sequence[int], pre_trained: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[int],
+        pre_trained: bool = True,
+        border_padding: int = 0,
+    ) -> None:
         super().__init__()
         self.backbone = create_feature_extractor(backbone, tuple(layers), pre_trained=pre_trained)
+        self.strides: list[int] = list(self.backbone.feature_info.reduction())
+        if border_padding < 0 or border_padding % max(self.strides):
+            msg = (
+                f"border_padding must be a non-negative multiple of the coarsest level's stride ({max(self.strides)} "
+                f"px for {backbone} levels {tuple(layers)}), got {border_padding}."
+            )
+            raise ValueError(msg)
+        self.border_padding = border_padding
         # NHWC convolutions are faster on CPU (oneDNN) and give NHWC feature maps, whose fibers
         # (:func:`.fibers.to_fibers`) are then a view instead of a copy. Memory layout only: same weights.
         self.backbone.to(memory_format=torch.channels_last)
@@ -80,8 +102,19 @@ class FrozenFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Return the feature maps of all levels, each ``(B, C_k, H_k, W_k)``."""
+        """Return the feature maps of all levels, each ``(B, C_k, H_k, W_k)`` on the image's grid at stride ``s_k``.
+
+        Raises:
+            RuntimeError: From ``torch.nn.functional.pad`` if ``border_padding`` is not smaller than the image.
+        """
         images = images * self.scale + self.shift
+        pad = self.border_padding
+        if pad:
+            images = F.pad(images, (pad, pad, pad, pad), mode="reflect")
         if not is_tracing():
             images = images.contiguous(memory_format=torch.channels_last)
-        return list(self.backbone(images))
+        features = list(self.backbone(images))
+        if not pad:
+            return features
+        crops = [pad // stride for stride in self.strides]
+        return [feature[..., c:-c, c:-c] for feature, c in zip(features, crops, strict=True)]

@@ -49,8 +49,7 @@ from anomalib_bgad.data.predict import use_project_reader
 from anomalib_bgad.export_logs import quiet_export_logs
 from anomalib_bgad.visualizer import ScoredImageVisualizer
 
-from . import checkpoint
-from .boundary import map_legacy_state
+from . import checkpoint, numerics
 from .boundary_plot import BoundaryHistogram
 from .cuda_graphs import GraphedFlows
 from .distributed import is_distributed, max_over_ranks
@@ -59,16 +58,7 @@ from .feature_cache import FeatureCache
 from .feature_extractor import EvalModeWarningFilter
 from .fibers import LabeledFibers, batch_position_groups, fiber_generator, steps_per_batch, training_fibers
 from .loss import BgadLoss
-from .numerics import (
-    NonFiniteFibers,
-    NonFiniteGuard,
-    NonFiniteTrainingError,
-    check_finite_flows,
-    check_finite_scores,
-    check_finite_weights,
-    guarded_step,
-    training_advice,
-)
+from .numerics import NonFiniteTrainingError
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
 from .schedule import apply_default_epochs, build_optimizer, build_scheduler, check_schedule
 from .step_loss import position_group_loss
@@ -111,6 +101,9 @@ class Bgad(AnomalibModule):
         level_aggregation (str): How the levels combine in the anomaly map: ``"mean"``, ``"max"`` or
             ``"probability"`` (:mod:`.anomaly_map`). Scoring only: any value loads any checkpoint. Defaults to
             ``"mean"``.
+        border_padding (int): Pixels of reflection padding around the image before the backbone; the feature maps
+            are cropped back to the image's grid, so border positions see mirrored image content instead of zeros.
+            A multiple of the coarsest level's stride (16 for the default levels). Defaults to ``0``.
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
         cache_features (bool): Compute each training image's backbone features once and reuse them in later
             epochs (:mod:`.feature_cache`). Defaults to ``True``.
@@ -149,6 +142,7 @@ class Bgad(AnomalibModule):
         permute_soft: bool = True,
         sigma: float = 4.0,
         level_aggregation: str = "mean",
+        border_padding: int = 0,
         gradient_clip_norm: float = 1.0,
         cache_features: bool = True,
         cuda_graphs: bool = True,
@@ -183,6 +177,7 @@ class Bgad(AnomalibModule):
             normalizer=normalizer,
             sigma=sigma,
             level_aggregation=level_aggregation,
+            border_padding=border_padding,
         )
         self.loss = BgadLoss(mode=loss_mode, bgspp_weight=bgspp_weight, focal_weighting=focal_weighting)
         self.phase1_epochs = phase1_epochs
@@ -192,10 +187,9 @@ class Bgad(AnomalibModule):
         self.gradient_clip_norm = gradient_clip_norm
         self.feature_cache = FeatureCache() if cache_features else None
         self.cuda_graphs = cuda_graphs
-        self.guard = NonFiniteGuard(
-            nonfinite_patience, training_advice(learning_rate, backbone, gradient_clip_norm, clamp_alpha)
-        )
-        self.nonfinite_fibers = NonFiniteFibers()
+        advice = numerics.training_advice(learning_rate, backbone, gradient_clip_norm, clamp_alpha)
+        self.guard = numerics.NonFiniteGuard(nonfinite_patience, advice)
+        self.nonfinite_fibers = numerics.NonFiniteFibers()
         self.epoch_record = EpochRecord()  # epoch state outside the state dict, saved with every checkpoint
         self.eval_mode_warning_filter = EvalModeWarningFilter()
 
@@ -264,7 +258,7 @@ class Bgad(AnomalibModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(step.total)
         flows, finite = self.model.flows.parameters(), (step.log_likelihood_finite, step.loss_finite)
-        ok = guarded_step(optimizer, flows, *finite, self.guard, self.gradient_clip_norm)
+        ok = numerics.guarded_step(optimizer, flows, *finite, self.guard, self.gradient_clip_norm)
         for level, (b_n, valid) in enumerate(step.b_n):
             self.model.boundary.accumulate(level, b_n, ok & valid)
         self.epoch_record.add_step(step.terms, ok, step.anomalous_fibers)
@@ -293,7 +287,7 @@ class Bgad(AnomalibModule):
             return
         skipped = self.guard.finish_epoch(self.current_epoch)
         self.model.boundary.finish_epoch()
-        check_finite_flows(self.model.flows, self.guard)
+        numerics.check_finite_flows(self.model.flows, self.guard)
         metrics = self.epoch_record.finish(self.in_phase2 and self.loss.mode.uses_anomalies)
         if self.lr_schedule == "cosine" and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
@@ -334,31 +328,25 @@ class Bgad(AnomalibModule):
             apply_default_epochs(self._trainer)
 
     def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
-        """Refuse to save non-finite weights; save the training state outside the state dict.
-
-        The extra state (epoch accumulators, non-finite counters, global RNG states) is plain data and tensors,
-        so checkpoints still load with ``torch.load(..., weights_only=True)``.
+        """Refuse to save non-finite weights; save the training state outside the state dict (:mod:`.checkpoint`).
 
         Raises:
             NonFiniteTrainingError: If the model's weights or boundary are non-finite.
         """
         super().on_save_checkpoint(checkpoint_dict)
-        check_finite_weights(checkpoint_dict.get("state_dict", {}), self.guard)
-        checkpoint_dict["bgad_training_state"] = checkpoint.training_state(self)
+        checkpoint.add_training_state(self, checkpoint_dict)
 
     def on_load_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
-        """Map 0.1.0 keys, check that the checkpoint fits this model, then restore the training state.
+        """Map 0.1.0 keys and check that the checkpoint fits this model, then restore the training state.
 
         Raises:
             ValueError: If the checkpoint was made with another backbone, level set or flow architecture (named
                 with the fix), instead of a bare ``size mismatch`` or, worse, a silent mix.
         """
-        map_legacy_state(checkpoint_dict.get("state_dict") or {}, "model.")
-        own = {key: value for key, value in self.state_dict().items() if key.startswith("model.")}
-        checkpoint.check_compatible(checkpoint_dict, dict(self.hparams), own)
+        checkpoint.check_loadable(self, checkpoint_dict)
         super().on_load_checkpoint(checkpoint_dict)
         resuming = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        checkpoint.restore_training_state(self, checkpoint_dict.get("bgad_training_state"), resuming)
+        checkpoint.restore_training_state(self, checkpoint_dict, resuming)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score a validation batch: the batch with ``pred_score`` and ``anomaly_map``.
@@ -368,7 +356,8 @@ class Bgad(AnomalibModule):
         """
         del args, kwargs
         predictions = self.model(batch.image)
-        check_finite_scores(predictions.pred_score, predictions.anomaly_map, batch.image, list(batch.image_path or []))
+        paths = list(batch.image_path or [])
+        numerics.check_finite_scores(predictions.pred_score, predictions.anomaly_map, batch.image, paths)
         return batch.update(**predictions._asdict())
 
     def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

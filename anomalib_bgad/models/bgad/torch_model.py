@@ -54,9 +54,12 @@ class BgadModel(nn.Module):
         sigma (float): Gaussian smoothing of the anomaly map, in pixels; 0 disables. Defaults to ``4``.
         level_aggregation (str): How the levels' distances combine in the anomaly map (:mod:`.anomaly_map`).
             Defaults to ``"mean"``.
+        border_padding (int): Reflection padding of the image before the backbone, in pixels
+            (:class:`.feature_extractor.FrozenFeatureExtractor`). Defaults to ``0``.
 
     Raises:
-        ValueError: For a ``condition_vector`` that is not a multiple of 4, or an invalid ``beta``/``normalizer``.
+        ValueError: For a ``condition_vector`` that is not a multiple of 4, an invalid ``beta``/``normalizer``, or
+            a ``border_padding`` that is not a multiple of the coarsest level's stride.
     """
 
     def __init__(
@@ -73,9 +76,10 @@ class BgadModel(nn.Module):
         normalizer: float = 10.0,
         sigma: float = 4.0,
         level_aggregation: str = "mean",
+        border_padding: int = 0,
     ) -> None:
         super().__init__()
-        self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained=pre_trained)
+        self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained, border_padding)
         self.condition = PositionalCondition(condition_vector)
         self.flows = nn.ModuleList(
             [
