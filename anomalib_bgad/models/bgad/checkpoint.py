@@ -1,6 +1,6 @@
 """Checkpoints of BGAD: compatibility with the model they are loaded into, and the global RNG state.
 
-anomalib's ``test``, ``predict`` and ``export`` build the model from the command line first, then load the
+anomalib's ``test`` and ``predict`` build the model from the command line first, then load the
 checkpoint: a checkpoint made with another backbone, level set or flow depth must fail with a message that names
 the mismatching init args and the fix, instead of a bare ``size mismatch`` or, worse, a silent mix.
 Everything saved here is plain data and tensors, so checkpoints load with ``torch.load(..., weights_only=True)``.
@@ -93,7 +93,7 @@ def check_compatible(checkpoint: dict[str, Any], hparams: dict[str, Any], own: d
         "the checkpoint's --model.backbone, --model.layers, --model.coupling_blocks, ... (no overrides)"
     )
     msg = (
-        "This checkpoint does not fit the BGAD model it is loaded into (anomalib test/predict/export build the "
+        "This checkpoint does not fit the BGAD model it is loaded into (anomalib test and predict build the "
         "model from the command line first, then load the checkpoint):\n"
         + "\n".join(lines)
         + f"\nBuild the model with the checkpoint's settings: {fix}"
