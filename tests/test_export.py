@@ -45,8 +45,8 @@ def export_small_model(root: Path, **init_args: object) -> tuple[Bgad, Path, Pat
     """A small BGAD with trained-like flows, a boundary and post-processing statistics, exported to ONNX and IR."""
     import openvino as ov
 
-    # Module scope: conftest's per-test numpy seed runs after this fixture, so seed FrEIA's soft permutations
-    # (numpy's global RNG) here too, or the model would depend on which tests ran before.
+    # Seed FrEIA's soft permutations (numpy's global RNG) here: in the module-scoped fixture conftest's per-test
+    # numpy seed runs after this, so the model would otherwise depend on which tests ran before.
     seed_everything(0, verbose=False)
     pre_processor = Bgad.configure_pre_processor(image_size=(64, 64))
     module = Bgad(coupling_blocks=2, pre_processor=pre_processor, visualizer=False, **init_args)
