@@ -140,6 +140,9 @@ def test_border_padding_sees_the_mirrored_image_and_keeps_every_level_on_the_ima
     for bad in (8, -16):
         with pytest.raises(ValueError, match=r"border_padding must be a non-negative multiple .* \(16 px"):
             FrozenFeatureExtractor("tf_efficientnet_lite0", (1, 2, 3), pre_trained=False, border_padding=bad)
+    # Reflection mirrors the image's own pixels, so the padding must be smaller than the image.
+    with pytest.raises(ValueError, match=r"border_padding \(16 px\) must be smaller than the image \(64 x 16 px\)"):
+        padded(torch.randn(1, 3, 64, 16))
 
 
 def test_invalid_init_args_are_rejected() -> None:

@@ -105,10 +105,17 @@ class FrozenFeatureExtractor(nn.Module):
         """Return the feature maps of all levels, each ``(B, C_k, H_k, W_k)`` on the image's grid at stride ``s_k``.
 
         Raises:
-            RuntimeError: From ``torch.nn.functional.pad`` if ``border_padding`` is not smaller than the image.
+            ValueError: If ``border_padding`` is not smaller than the image's height and width (reflection padding
+                mirrors pixels of the image itself). Not checked while tracing for export, where the size is fixed.
         """
         images = images * self.scale + self.shift
         pad = self.border_padding
+        if pad and not is_tracing() and pad >= min(images.shape[-2:]):
+            msg = (
+                f"border_padding ({pad} px) must be smaller than the image ({images.shape[-2]} x {images.shape[-1]} "
+                "px): use a larger image size or a smaller --model.border_padding (0 turns the padding off)."
+            )
+            raise ValueError(msg)
         if pad:
             images = F.pad(images, (pad, pad, pad, pad), mode="reflect")
         if not is_tracing():
