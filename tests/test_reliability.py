@@ -391,8 +391,34 @@ def test_a_checkpoint_with_other_border_padding_fails_naming_it(trained_checkpoi
     model = Bgad(**{**small_kwargs(), "border_padding": 16})
     with pytest.raises(ValueError, match="does not fit the BGAD model") as error:
         make_trainer(tmp_path).predict(model, dataloaders=loader(synthetic_batches(1)), ckpt_path=trained_checkpoint)
-    assert "border_padding: checkpoint 0, this model 16" in str(error.value)
-    assert "--model.border_padding 0" in str(error.value)
+    assert "border_padding: checkpoint 32, this model 16" in str(error.value)
+    assert "--model.border_padding 32" in str(error.value)
+
+
+def test_a_checkpoint_from_before_border_padding_is_scored_unpadded(
+    trained_checkpoint: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """0.2.0 checkpoints have no border_padding init arg: export and load_from_checkpoint must not pad their images."""
+    old = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
+    del old["hyper_parameters"]["border_padding"]
+    old_path = tmp_path / "bgad_0.2.0.ckpt"
+    torch.save(old, old_path)
+    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.checkpoint"):
+        restored = Bgad.load_from_checkpoint(old_path, map_location="cpu")  # what anomalib export does
+    assert "made before border_padding existed" in caplog.text
+    assert restored.hparams["border_padding"] == 0
+    unpadded = Bgad(**{**small_kwargs(), "border_padding": 0})
+    padded = Bgad(**small_kwargs())
+    for model in (unpadded, padded):
+        model.load_state_dict(restored.state_dict())
+        model.eval()
+    images = synthetic_batches(1)[0].image
+    with torch.no_grad():
+        scores = [model.model(images).pred_score for model in (restored.eval(), unpadded, padded)]
+    torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=0)
+    assert not torch.allclose(scores[0], scores[2], atol=1e-4)  # padding changes the scores: the test can fail
 
 
 def test_mid_epoch_training_state_survives_a_checkpoint_round_trip(small_bgad_kwargs: dict, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ Everything saved here is plain data and tensors, so checkpoints load with ``torc
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Any
@@ -19,6 +20,8 @@ from .boundary import map_legacy_state
 from .numerics import check_finite_weights
 
 TRAINING_STATE_KEY = "bgad_training_state"
+
+logger = logging.getLogger(__name__)
 
 # Init args that define the function computed from a checkpoint's weights: loading a checkpoint into a model
 # built with other values fails (shape mismatch) or, worse, silently computes something else.
@@ -112,8 +115,32 @@ def check_loadable(module: Any, checkpoint: dict[str, Any]) -> None:
         ValueError: If the checkpoint was made with another backbone, level set or flow architecture.
     """
     map_legacy_state(checkpoint.get("state_dict") or {}, "model.")
+    adopt_unpadded_checkpoint(module, checkpoint)
     own = {key: value for key, value in module.state_dict().items() if key.startswith("model.")}
     check_compatible(checkpoint, dict(module.hparams), own)
+
+
+def adopt_unpadded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Score a checkpoint made before ``border_padding`` existed (0.2.0 and older) as it was trained: unpadded.
+
+    Such checkpoints have no ``border_padding`` init arg, and ``anomalib export`` and ``load_from_checkpoint`` build
+    the model from the checkpoint's init args plus today's defaults (32 px since 0.3.0). Padding changes what the
+    weights compute, so the model adopts ``border_padding = 0`` (no weights depend on it) and logs a warning.
+
+    Args:
+        module (Any): The :class:`~.lightning_model.Bgad` the checkpoint is loaded into.
+        checkpoint (dict[str, Any]): The loaded checkpoint.
+    """
+    saved = checkpoint.get("hyper_parameters")
+    if not saved or "border_padding" in saved or not module.hparams.get("border_padding"):
+        return
+    logger.warning(
+        "This checkpoint was made before border_padding existed (anomalib_bgad 0.2.0 or older), so it was trained "
+        "on unpadded images: it is scored with border_padding 0 instead of %s.",
+        module.hparams["border_padding"],
+    )
+    module.model.feature_extractor.border_padding = 0
+    module.hparams["border_padding"] = 0
 
 
 def add_training_state(module: Any, checkpoint: dict[str, Any]) -> None:

@@ -103,7 +103,8 @@ class Bgad(AnomalibModule):
             ``"mean"``.
         border_padding (int): Pixels of reflection padding around the image before the backbone; the feature maps
             are cropped back to the image's grid, so border positions see mirrored image content instead of zeros.
-            A multiple of the coarsest level's stride (16 for the default levels). Defaults to ``0``.
+            A multiple of the coarsest level's stride (16 for the default levels), smaller than the image; ``0``
+            feeds the image as it is, as the paper does. Defaults to ``32`` (model README, "Image borders").
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
         cache_features (bool): Compute each training image's backbone features once and reuse them in later
             epochs (:mod:`.feature_cache`). Defaults to ``True``.
@@ -142,7 +143,7 @@ class Bgad(AnomalibModule):
         permute_soft: bool = True,
         sigma: float = 4.0,
         level_aggregation: str = "mean",
-        border_padding: int = 0,
+        border_padding: int = 32,
         gradient_clip_norm: float = 1.0,
         cache_features: bool = True,
         cuda_graphs: bool = True,

@@ -55,7 +55,8 @@ class BgadModel(nn.Module):
         level_aggregation (str): How the levels' distances combine in the anomaly map (:mod:`.anomaly_map`).
             Defaults to ``"mean"``.
         border_padding (int): Reflection padding of the image before the backbone, in pixels
-            (:class:`.feature_extractor.FrozenFeatureExtractor`). Defaults to ``0``.
+            (:class:`.feature_extractor.FrozenFeatureExtractor`); must be smaller than the image. Defaults to ``32``
+            (not in the paper: it removes the backbone's zero-padding frame at the image border, model README).
 
     Raises:
         ValueError: For a ``condition_vector`` that is not a multiple of 4, an invalid ``beta``/``normalizer``, or
@@ -76,7 +77,7 @@ class BgadModel(nn.Module):
         normalizer: float = 10.0,
         sigma: float = 4.0,
         level_aggregation: str = "mean",
-        border_padding: int = 0,
+        border_padding: int = 32,
     ) -> None:
         super().__init__()
         self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained, border_padding)
