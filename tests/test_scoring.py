@@ -166,8 +166,9 @@ def test_lightning_pipeline_with_post_processing_is_batch_invariant(images: torc
         raw_scores = module.model(module.pre_processor(raw)).pred_score
     middle = raw_scores.sort().values[3:5].mean()  # between two images: no score sits exactly on the threshold
     post = module.post_processor
-    post.image_min.fill_(raw_scores.min() - 0.01)
-    post.image_max.fill_(raw_scores.max() + 0.01)
+    spread = raw_scores.max() - raw_scores.min()  # normalised scores then lie in (1/6, 5/6): none is clamped
+    post.image_min.fill_(raw_scores.min() - spread)
+    post.image_max.fill_(raw_scores.max() + spread)
     post._image_threshold.fill_(middle)
     post.pixel_min.fill_(raw_scores.min() - 0.5)
     post.pixel_max.fill_(raw_scores.max() + 0.01)
