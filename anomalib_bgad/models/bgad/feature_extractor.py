@@ -110,13 +110,14 @@ class FrozenFeatureExtractor(nn.Module):
         """
         images = images * self.scale + self.shift
         pad = self.border_padding
-        if pad and not is_tracing() and pad >= min(images.shape[-2:]):
-            msg = (
-                f"border_padding ({pad} px) must be smaller than the image ({images.shape[-2]} x {images.shape[-1]} "
-                "px): use a larger image size or a smaller --model.border_padding (0 turns the padding off)."
-            )
-            raise ValueError(msg)
         if pad:
+            if not is_tracing() and pad >= min(images.shape[-2:]):
+                msg = (
+                    f"border_padding ({pad} px) must be smaller than the image ({images.shape[-2]} x "
+                    f"{images.shape[-1]} px): use a larger image size or a smaller --model.border_padding (0 turns "
+                    "the padding off)."
+                )
+                raise ValueError(msg)
             images = F.pad(images, (pad, pad, pad, pad), mode="reflect")
         if not is_tracing():
             images = images.contiguous(memory_format=torch.channels_last)
