@@ -208,6 +208,47 @@ def _init_worker(environment: dict[str, str]) -> None:
     os.environ.update(environment)
 
 
+def _key(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    return (record["config"], record["scoring"], record["setting"], record["category"], str(record["seed"]))
+
+
+def done_keys(results: list[dict[str, Any]]) -> set[tuple[str, str, str, str, str]]:
+    """(configuration, scoring, setting, category, seed) of every ``ok`` row: what a rerun skips."""
+    return {_key(r) for r in results if r["status"] == "ok"}
+
+
+def plan_jobs(
+    study: dict[str, Any], rows: list[dict[str, Any]], done: set[tuple[str, str, str, str, str]], work: Path
+) -> list[dict[str, Any]]:
+    """The jobs a run still needs: every (configuration, split) with a scoring variant not yet ``ok``.
+
+    A job trains once and scores only its missing variants, so adding a scoring to a configuration measures it
+    without writing the others twice. ``train_once`` configurations get one job per category for all its splits.
+    """
+    jobs = []
+    for name, config in study["configs"].items():
+        scorings = config.get("scorings", {"default": {}})
+        todo = []
+        for row in rows:
+            if row["study_setting"] not in config.get("settings", study["settings"]):
+                continue
+            where = (row["study_setting"], row["category"], str(row["seed"]))
+            missing = [scoring for scoring in scorings if (name, scoring, *where) not in done]
+            if missing:
+                todo.append((row, missing))
+        groups = [[item] for item in todo]
+        if config.get("train_once"):  # one training per category, tested on all its splits
+            categories = dict.fromkeys(row["category"] for row, _ in todo)
+            groups = [[item for item in todo if item[0]["category"] == category] for category in categories]
+        for group in groups:
+            job = _job(study, name, group[0][0], work)
+            job["rows"] = [row for row, _ in group]
+            missing = {scoring for _, names in group for scoring in names}
+            job["scorings"] = {scoring: scorings[scoring] for scoring in scorings if scoring in missing}
+            jobs.append(job)
+    return jobs
+
+
 def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
     """Run every cell not yet in ``results.csv`` (ok), ``parallel`` at a time, appending rows as they finish."""
     output.mkdir(parents=True, exist_ok=True)
@@ -224,28 +265,8 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
     rows = split_rows(study, output)
     make_splits(study, rows)
     results_csv = output / "results.csv"
-    done = {
-        (r["config"], r["setting"], r["category"], str(r["seed"]))
-        for r in read_results(results_csv)
-        if r["status"] == "ok"
-    }
-    jobs = []
-    for name, config in study["configs"].items():
-        todo = [
-            row
-            for row in rows
-            if row["study_setting"] in config.get("settings", study["settings"])
-            and (name, row["study_setting"], row["category"], str(row["seed"])) not in done
-        ]
-        if not config.get("train_once"):
-            jobs += [_job(study, name, row, work) for row in todo]
-            continue
-        for category in study["dataset"]["categories"]:  # one training per category, tested on all its splits
-            mine = [row for row in todo if row["category"] == category]
-            if mine:
-                job = _job(study, name, mine[0], work)
-                job["rows"] = mine
-                jobs.append(job)
+    done = done_keys(read_results(results_csv))
+    jobs = plan_jobs(study, rows, done, work)
     print(f"[study] {len(jobs)} cells to run, {parallel} at a time", flush=True)
     environment = {"OMP_NUM_THREADS": str(study.get("threads", 2)), "HF_HUB_OFFLINE": "1"}
     new_file = not results_csv.exists()
@@ -270,7 +291,7 @@ def run_study(study: dict[str, Any], output: Path, parallel: int) -> None:
                      "category": row["category"], "seed": row["seed"], "status": "failed", "error": repr(error)}
                     for name in job["scorings"]
                 ]  # fmt: skip
-            writer.writerows(records)
+            writer.writerows(r for r in records if _key(r) not in done)  # a train_once job may redo some
             handle.flush()
             summary = ", ".join(
                 f"{r['scoring']} {r.get('image_AUROC', math.nan):.3f}/{r.get('pixel_AUROC', math.nan):.3f}/"

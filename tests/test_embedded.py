@@ -429,3 +429,17 @@ def test_foreign_readme_is_not_replaced(tmp_path: Path) -> None:
         generate_embedded_dataset(tmp_path, categories=["brick"], **TINY)
     assert (tmp_path / "README.md").read_text() == "my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+def test_generated_files_are_readable_like_files_the_user_writes(tmp_path: Path) -> None:
+    """The README and the category folder get the umask's permissions, not tempfile's private 0600 / 0700."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        root = generate_embedded_dataset(tmp_path / "data", categories=["brick"], **TINY)
+    finally:
+        os.umask(umask)
+    assert (root / "README.md").stat().st_mode & 0o777 == 0o644
+    assert (root / "brick").stat().st_mode & 0o777 == 0o755
+    assert (root / "brick" / "train" / "good").stat().st_mode & 0o777 == 0o755

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import study as study_module
-from benchmarks.study import load_study, render_report, split_rows
+from benchmarks.study import done_keys, load_study, plan_jobs, render_report, split_rows
 
 STUDY = Path(__file__).parents[1] / "benchmarks" / "studies" / "localisation.yaml"
 
@@ -83,3 +83,20 @@ def test_one_class_splits_name_the_seen_type_and_a_bad_setting_is_refused(tmp_pa
     assert len(rows) == 6
     with pytest.raises(ValueError, match="unknown settings"):
         load_study(STUDY, ["configs.bgad.settings=[sweep]"])
+
+
+def test_a_rerun_trains_again_only_for_the_scorings_a_cell_lacks(tmp_path: Path) -> None:
+    """A scoring added to a configuration is measured on the cells that ran without it; complete cells are skipped."""
+    study = load_study(STUDY, ["seeds=[0]", "configs.bgad.settings=[multi_class]"])
+    rows = [r for r in split_rows(study, tmp_path) if r["study_setting"] == "multi_class"]
+    ran = [{**row("bgad", c, 0, 0.9), "scoring": s} for c in ("brick", "grass", "gravel") for s in ("mean", "max")]
+    ran += [{**row("bgad", "brick", 0, 0.9), "scoring": name} for name in ("probability", "sigma2", "sigma8")]
+    ran += [{**row("bgad", "grass", 0, 0.9), "scoring": "probability", "status": "failed"}]
+    ran += [{**row("patchcore", c, 0, 0.9), "scoring": "default"} for c in ("brick", "grass")]
+
+    jobs = plan_jobs(study, rows, done_keys(ran), tmp_path)
+
+    bgad = {job["category"]: list(job["scorings"]) for job in jobs if job["config"] == "bgad"}
+    assert bgad == {"grass": ["probability", "sigma2", "sigma8"], "gravel": ["probability", "sigma2", "sigma8"]}
+    patchcore = [(j["category"], [r["category"] for r in j["rows"]]) for j in jobs if j["config"] == "patchcore"]
+    assert patchcore == [("gravel", ["gravel"])]  # train_once: one job per category that still lacks a split

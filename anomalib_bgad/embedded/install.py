@@ -23,6 +23,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _default_mode(directory: bool) -> int:
+    """Permission bits a plain ``open``/``mkdir`` would give under the process umask.
+
+    ``tempfile`` creates its files 0600 and folders 0700; the finished dataset must be readable like any
+    other file the user writes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _install(tmp: Path, target: Path, params: dict) -> None:
     """Move a finished temporary category folder into place.
 
@@ -81,6 +92,7 @@ def generate_category(root: Path, params: dict, overwrite: bool) -> None:
     if _is_empty_dir(target):
         target.rmdir()
     tmp = Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
+    tmp.chmod(_default_mode(directory=True))
     try:
         write_category(tmp, params)
         _install(tmp, target, params)
@@ -101,6 +113,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     """
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(handle, _default_mode(directory=False))
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
             file.write(text)
         os.replace(tmp, path)
