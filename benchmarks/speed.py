@@ -82,7 +82,18 @@ def log(message: str) -> None:
     print(f"[speed {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-SPEED_PACKAGES = ("torch", "anomalib", "timm", "FrEIA", "openvino", "onnx", "onnxscript", "onnxruntime", "lightning")
+SPEED_PACKAGES = (
+    "anomalib-bgad",
+    "torch",
+    "anomalib",
+    "timm",
+    "FrEIA",
+    "openvino",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "lightning",
+)
 
 
 def make_dataset(root: Path, n_train: int) -> Path:
