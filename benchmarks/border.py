@@ -21,13 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.timing import Entry, time_interleaved
+
+LITE0 = "tf_efficientnet_lite0"
 STUDY = Path("benchmarks/studies/localisation.yaml")
 OUTPUT = Path("benchmarks/results/localisation")
 
@@ -112,12 +114,10 @@ def measure(config: str, category: str, seed: int, ring: int) -> dict[str, Any]:
             if keep.any():
                 normal_train.append(net(model.pre_processor(batch.image[keep])).anomaly_map[:, 0])
         for batch in datamodule.test_dataloader():
-            images = model.pre_processor(batch.image)
-            log_likelihoods = net.log_likelihood_maps(net.feature_extractor(images))
-            distances.append(
-                [net.boundary.distance(k, net.boundary.normalize(ll)) for k, ll in enumerate(log_likelihoods)]
-            )
-            maps.append(net(images).anomaly_map[:, 0])
+            images = model.pre_processor(batch.image)  # BgadModel.forward's eval path, keeping the levels' maps
+            normalized = [net.boundary.normalize(ll) for ll in net.log_likelihood_maps(net.feature_extractor(images))]
+            distances.append([net.boundary.distance(k, level) for k, level in enumerate(normalized)])
+            maps.append(net.anomaly_map_generator(normalized, net.boundary, images.shape[-2:])[:, 0])
             labels.append(batch.gt_label.int())
     level_distances = [torch.cat([d[k] for d in distances]) for k in range(len(distances[0]))]
     train_mean = torch.cat(normal_train).mean(0)
@@ -132,25 +132,30 @@ def padding_cost(rounds: int = 7) -> dict[str, float]:
     """
     from anomalib_bgad.models.bgad.torch_model import BgadModel
 
+    def forwards(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    model(images)
+
+        return run
+
     load_before = os.getloadavg()[0]
     models = {padding: BgadModel(pre_trained=False, border_padding=padding).eval() for padding in (32, 0)}
-    times: dict[tuple[int, int], list[float]] = {(p, b): [] for p in models for b in (1, 8)}
-    with torch.inference_mode():
-        for _ in range(rounds + 1):  # the first round warms up and is dropped
-            for batch in (1, 8):
-                images = torch.rand(batch, 3, 256, 256)
-                repeats = 8 // batch
-                for padding, model in models.items():
-                    start = time.perf_counter()
-                    for _ in range(repeats):
-                        model(images)
-                    times[(padding, batch)].append((time.perf_counter() - start) / repeats / batch * 1000)
-    result: dict[str, float] = {"load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0]}
+    entries = {}
     for batch in (1, 8):
-        padded, plain = (statistics.median(times[(p, batch)][1:]) for p in (32, 0))
-        result |= {f"batch{batch}_ms_border32": padded, f"batch{batch}_ms_border0": plain}
-        result[f"batch{batch}_ratio"] = padded / plain
-        result[f"batch{batch}_ratio_of_minima"] = min(times[(32, batch)][1:]) / min(times[(0, batch)][1:])
+        images = torch.rand(batch, 3, 256, 256)
+        repeats = 8 // batch  # 8 images per timed call at every batch size
+        for padding, model in models.items():
+            call = forwards(model, images, repeats)
+            entries[(padding, batch)] = Entry(LITE0, f"BGAD border {padding}", "torch eager", batch * repeats, call)
+    loads = time_interleaved(list(entries.values()), rounds)
+    result = {"load_average_1min_before": load_before, "load_average_1min_after": loads[-1]}
+    for batch in (1, 8):
+        padded, plain = entries[(32, batch)], entries[(0, batch)]
+        result |= {f"batch{batch}_ms_border32": padded.median, f"batch{batch}_ms_border0": plain.median}
+        result[f"batch{batch}_ratio"] = padded.median / plain.median
+        result[f"batch{batch}_ratio_of_minima"] = padded.minimum / plain.minimum
     return result
 
 

@@ -37,14 +37,13 @@ import csv  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 
 from benchmarks.environment import machine_description, versions  # noqa: E402
 from benchmarks.memory import peak_rss_mib  # noqa: E402
+from benchmarks.timing import Entry, time_interleaved  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "speed"
@@ -52,30 +51,6 @@ IMAGE_SIZE = 256
 LITE0 = "tf_efficientnet_lite0"
 B6 = "tf_efficientnet_b6"
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-
-
-@dataclass
-class Entry:
-    """One timed (model, batch size) cell."""
-
-    backbone: str
-    model: str
-    runtime: str
-    batch: int
-    call: Callable[[], object]
-    times_ms: list[float] = field(default_factory=list)
-
-    @property
-    def per_image(self) -> list[float]:
-        return [t / self.batch for t in self.times_ms]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.per_image)
-
-    @property
-    def minimum(self) -> float:
-        return min(self.per_image)
 
 
 def log(message: str) -> None:
@@ -229,22 +204,6 @@ def build_entries(args: argparse.Namespace, work: Path, train_images, test_image
                 Entry(B6, "CFLOW (anomalib)", "torch eager", batch, torch_call(cflow_b6, x)),
             ]
     return entries, models
-
-
-def time_interleaved(entries: list[Entry], rounds: int, warmup: int = 1) -> list[float]:
-    """Time every entry once per round, in turn; returns the 1-minute load average after each round."""
-    for entry in entries:
-        for _ in range(warmup):
-            entry.call()
-    loads = []
-    for index in range(rounds):
-        for entry in entries:
-            start = time.perf_counter()
-            entry.call()
-            entry.times_ms.append((time.perf_counter() - start) * 1000)
-        loads.append(os.getloadavg()[0])
-        log(f"round {index + 1}/{rounds} done (load average {loads[-1]:.1f})")
-    return loads
 
 
 def precision_report(trained_bgad, ov_path: Path, images, work: Path) -> dict[str, float | str]:
@@ -524,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     entries, models = build_entries(args, work, train_images, test_images, trained_bgad)
     log(f"timing {len(entries)} entries x {args.rounds} rounds (interleaved)")
     load_before = os.getloadavg()[0]
-    loads = time_interleaved(entries, args.rounds)
+    loads = time_interleaved(entries, args.rounds, log=log)
     for e in entries:
         log(f"{e.backbone:22s} {e.model:26s} {e.runtime:13s} b{e.batch}: {e.median:8.1f} ms/img (min {e.minimum:.1f})")
     for row in ratio_rows(entries):
