@@ -2,6 +2,8 @@
 
     python -m benchmarks.border                       # BGAD (0.3.0 default), one-class grass and gravel, seed 0
     python -m benchmarks.border --timing-only         # only the padded / unpadded inference time
+    python -m benchmarks.border --configs bgad_border32,nfad_border32 --categories brick,grass,gravel --seed 1 \
+        --no-timing                                   # BGAD and NFAD on seed 1's split, no timing
 
 For each (configuration, category) of the localisation study's one-class split this trains the model as the study
 does (12 epochs, same manifest), then on the normal test images reports:
@@ -9,8 +11,9 @@ does (12 epochs, same manifest), then on the normal test images reports:
 - the share of images whose anomaly-map maximum lies in the outer ``ring`` pixels, and per feature level the share
   whose distance map ``d_k = b_n,k - ln_k`` peaks on the outermost grid positions, with the mean ``d_k`` there and
   inside (a level whose border positions are less likely than its interior shows ``mean_d_edge > mean_d_interior``);
-- image AUROC of three image scores on the same maps: the map's maximum (the model's), the maximum after
-  subtracting the mean map of the normal training images (position-centred), and the maximum over the interior only.
+- image AUROC of several image scores on the same maps: the map's maximum (the model's), the maximum after
+  subtracting the mean map of the normal training images (position-centred), the maximum over the interior only,
+  and the mean of the map's highest 1, 2 and 5 % of pixels.
 
 It also times ``BgadModel``'s eager forward with ``border_padding`` 32 and 0, interleaved, on random weights.
 Results are merged into ``benchmarks/results/localisation/border.json`` (what a run measures replaces its keys).
@@ -32,6 +35,7 @@ from benchmarks.timing import Entry, time_interleaved
 LITE0 = "tf_efficientnet_lite0"
 STUDY = Path("benchmarks/studies/localisation.yaml")
 OUTPUT = Path("benchmarks/results/localisation")
+TOP_PERCENTS = (1, 2, 5)  # image scores: the mean of the map's highest 1, 2 and 5 % of pixels
 
 
 def edge_mask(height: int, width: int, ring: int) -> torch.Tensor:
@@ -42,6 +46,12 @@ def edge_mask(height: int, width: int, ring: int) -> torch.Tensor:
     return mask
 
 
+def top_share_mean(anomaly_maps: torch.Tensor, share: float) -> torch.Tensor:
+    """``(N,)`` mean of the highest ``share`` of each ``(N, H, W)`` map's pixels (at least one pixel)."""
+    flat = anomaly_maps.flatten(1)
+    return flat.topk(max(1, round(share * flat.shape[1])), dim=1).values.mean(1)
+
+
 def border_statistics(
     level_distances: list[torch.Tensor],
     anomaly_maps: torch.Tensor,
@@ -49,7 +59,7 @@ def border_statistics(
     train_mean_map: torch.Tensor,
     ring: int = 16,
 ) -> dict[str, Any]:
-    """Where normal maps peak and the image AUROC of three image scores.
+    """Where normal maps peak and the image AUROC of several image scores.
 
     Args:
         level_distances (list[torch.Tensor]): ``d_k`` per level, each ``(N, H_k, W_k)``, for the test images.
@@ -91,6 +101,7 @@ def border_statistics(
         "max": anomaly_maps.amax((1, 2)),
         "position_centred_max": (anomaly_maps - train_mean_map).amax((1, 2)),
         "interior_max": anomaly_maps[:, ~edge].amax(1),
+        **{f"top{percent}%_mean": top_share_mean(anomaly_maps, percent / 100) for percent in TOP_PERCENTS},
     }
     result["image_AUROC"] = {name: float(roc_auc_score(labels.numpy(), s.numpy())) for name, s in scores.items()}
     return result
@@ -167,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ring", type=int, default=16, help="border width in pixels of the anomaly map")
     parser.add_argument("--timing-only", action="store_true", help="only time the padded and unpadded forward")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing (the stored padding_cost stays)")
     parser.add_argument(
         "--output",
         type=Path,
@@ -176,8 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {}  # keep other keys
-    results["padding_cost"] = padding_cost()
-    print(json.dumps(results["padding_cost"], indent=1), flush=True)
+    if args.timing_only and args.no_timing:
+        parser.error("--timing-only and --no-timing exclude each other")
+    if not args.no_timing:
+        results["padding_cost"] = padding_cost()
+        print(json.dumps(results["padding_cost"], indent=1), flush=True)
     if not args.timing_only:
         for config in args.configs.split(","):
             for category in args.categories.split(","):

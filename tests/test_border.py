@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.border import border_statistics, edge_mask
+from benchmarks.border import border_statistics, edge_mask, top_share_mean
 
 
 def test_edge_mask_marks_the_outer_ring() -> None:
@@ -36,3 +36,16 @@ def test_statistics_find_edge_peaks_of_normal_maps_and_score_three_ways() -> Non
     assert auroc["max"] == 0.0  # the border spots outscore the defects
     assert auroc["interior_max"] == 1.0
     assert auroc["position_centred_max"] == 0.5  # image 0's spot is on a hot row of the mean map, image 1's is not
+
+
+def test_top_share_mean_ranks_a_wide_defect_above_a_single_hot_pixel() -> None:
+    maps = torch.zeros(2, 20, 20)
+    maps[0, 3, 3] = 2.0  # normal image: one hot pixel
+    maps[1, 5:10, 5:10] = 1.0  # anomalous image: a 25-pixel defect, weaker than the hot pixel
+    assert top_share_mean(maps, 0.05).tolist() == pytest.approx([2.0 / 20, 1.0])  # 5 % of 400 pixels = 20
+    assert top_share_mean(maps, 1e-6).tolist() == [2.0, 1.0]  # at least one pixel: the maximum
+
+    stats = border_statistics([torch.zeros(2, 4, 4)], maps, torch.tensor([0, 1]), torch.zeros(20, 20), ring=2)
+
+    assert stats["image_AUROC"]["max"] == 0.0
+    assert stats["image_AUROC"]["top5%_mean"] == 1.0
