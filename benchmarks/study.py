@@ -3,7 +3,8 @@
 Where the benchmark suites (:mod:`benchmarks.run`) compare finished models, a study compares *choices*: the
 training schedule behind BGAD's defaults, the score, the features, the push on seen defect types. Every cell
 trains one configuration once on one split and scores it with every scoring variant of the configuration
-(scoring variants change only how the anomaly map is computed, so they share the trained weights).
+(scoring variants change only how the anomaly map and the image score are computed, so they share the trained
+weights).
 
 Usage::
 
@@ -101,6 +102,32 @@ def split_rows(study: dict[str, Any], output: Path) -> list[dict[str, Any]]:
     return rows
 
 
+SCORING_KEYS = ("sigma", "level_aggregation", "image_score_top_share")
+
+
+def apply_scoring(bgad: Any, scoring: dict[str, Any]) -> None:
+    """Score a trained ``Bgad`` with a scoring variant from now on; keys the variant leaves out keep the model's own.
+
+    Args:
+        bgad (Any): The trained ``anomalib_bgad.Bgad``.
+        scoring (dict[str, Any]): Values for any of :data:`SCORING_KEYS`; ``{}`` restores the model's init args.
+
+    Raises:
+        ValueError: For a key that is not a scoring setting, naming it.
+    """
+    from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
+    from anomalib_bgad.models.bgad.image_score import ImageScore
+
+    unknown = sorted(set(scoring) - set(SCORING_KEYS))
+    if unknown:
+        msg = f"scoring keys {unknown} are not scoring settings; a scoring variant may set {list(SCORING_KEYS)}."
+        raise ValueError(msg)
+    options = {key: scoring.get(key, bgad.hparams[key]) for key in SCORING_KEYS}
+    top_share = options.pop("image_score_top_share")
+    bgad.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(bgad.device)
+    bgad.model.image_score = ImageScore(top_share)
+
+
 def _job(study: dict[str, Any], config_name: str, row: dict[str, Any], work: Path) -> dict[str, Any]:
     config = study["configs"][config_name]
     return {
@@ -166,20 +193,14 @@ def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
         failed = {"status": "failed", "error": repr(error)[:500]}
         return [{**where(row), "scoring": name, **failed} for row in job["rows"] for name in job["scorings"]]
     results = []
-    trained_generator = getattr(model.model, "anomaly_map_generator", None)
+    scored_by_variants = hasattr(model.model, "anomaly_map_generator")  # BGAD; peers score their own way
     for index, row in enumerate(job["rows"]):
         if index:
             datamodule = build_datamodule(job, row)
         for name, scoring in job["scorings"].items():
             try:
-                if scoring:  # every variant starts from the trained model's own scoring settings
-                    from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
-
-                    hparams = model.hparams
-                    options = {"sigma": hparams["sigma"], "level_aggregation": hparams["level_aggregation"], **scoring}
-                    model.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(model.device)
-                elif trained_generator is not None:
-                    model.model.anomaly_map_generator = trained_generator
+                if scored_by_variants:
+                    apply_scoring(model, scoring)
                 start = time.perf_counter()
                 predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
                 metrics = compute_metrics(predictions)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.border import border_statistics, edge_mask, top_share_mean
+from anomalib_bgad.models.bgad.image_score import top_share_mean
+from benchmarks.border import border_statistics, edge_mask
 
 
 def test_edge_mask_marks_the_outer_ring() -> None:

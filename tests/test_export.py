@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import seed_everything
 
 from anomalib_bgad import Bgad
+from anomalib_bgad.models.bgad.image_score import ImageScore
 
 PARITY_ATOL = 1e-3
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -129,6 +130,20 @@ def test_border_padding_exports_with_the_same_scores(tmp_path: Path) -> None:
     eager = run_eager(module, images)
     assert_parity(run_onnxruntime(onnx_path, images), eager, "onnxruntime, border_padding 16")
     assert_parity(run_openvino(xml_path, images), eager, "openvino IR (f32), border_padding 16")
+
+
+def test_top_share_image_score_exports_with_the_same_scores(tmp_path: Path) -> None:
+    """The mean of the map's highest pixels (``TopK``) is in the graph: eager, ONNX Runtime and OpenVINO agree."""
+    module, onnx_path, xml_path = export_small_model(tmp_path, image_score_top_share=0.05)
+    images = make_images(3, seed=5)
+    eager = run_eager(module, images)
+    top_share = module.model.image_score
+    module.model.image_score = ImageScore()  # the maximum, to show that the exported score is not it
+    eager_max = run_eager(module, images)
+    module.model.image_score = top_share
+    assert np.abs(eager["pred_score"] - eager_max["pred_score"]).max() > 10 * PARITY_ATOL
+    assert_parity(run_onnxruntime(onnx_path, images), eager, "onnxruntime, image_score_top_share 0.05")
+    assert_parity(run_openvino(xml_path, images), eager, "openvino IR (f32), image_score_top_share 0.05")
 
 
 def test_exported_graph_has_dynamic_batch_and_no_batch_dependence(exported: tuple[Bgad, Path, Path]) -> None:

@@ -17,6 +17,7 @@ from lightning.pytorch import seed_everything
 from anomalib_bgad import Bgad
 from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
 from anomalib_bgad.models.bgad.fibers import to_fibers
+from anomalib_bgad.models.bgad.image_score import ImageScore
 from anomalib_bgad.models.bgad.torch_model import BgadModel
 
 ATOL = 1e-5  # the batch-invariance tolerance, on raw scores/maps and on normalised ones
@@ -125,6 +126,30 @@ def test_other_level_aggregations_follow_their_formulas_and_stay_per_image(
     torch.testing.assert_close(pred_score, expected_score, atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(alone_score, pred_score[2:3], atol=ATOL, rtol=0)
     assert not torch.allclose(pred_score, mean_scores, atol=1e-3)  # really another score
+
+
+def test_top_share_image_score_is_the_mean_of_the_highest_pixels_and_stays_per_image(
+    model: BgadModel, images: torch.Tensor
+) -> None:
+    max_scores, default_maps = score(model, images[:4])
+    model.image_score = ImageScore(top_share=0.02)
+    try:
+        pred_score, anomaly_map = score(model, images[:4])
+        alone_score, _ = score(model, images[2:3])
+    finally:
+        model.image_score = ImageScore()
+    torch.testing.assert_close(anomaly_map, default_maps, atol=0, rtol=0)  # the map does not change
+    highest = anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, : round(0.02 * 64 * 64)]
+    torch.testing.assert_close(pred_score, highest.mean(dim=1), atol=ATOL, rtol=0)
+    torch.testing.assert_close(alone_score, pred_score[2:3], atol=ATOL, rtol=0)
+    assert (pred_score < max_scores - 1e-4).all()  # really below the maximum on these smooth maps
+
+
+def test_image_score_top_share_outside_0_1_names_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"image_score_top_share must be in \[0, 1\].*got 2"):
+        ImageScore(top_share=2)
+    with pytest.raises(ValueError, match="image_score_top_share"):
+        Bgad(image_score_top_share=-0.1, pre_trained=False, visualizer=False)
 
 
 @pytest.mark.parametrize("rows_per_chunk", [2048, 100], ids=["whole-maps-per-chunk", "slices-of-maps"])

@@ -100,3 +100,19 @@ def test_a_rerun_trains_again_only_for_the_scorings_a_cell_lacks(tmp_path: Path)
     assert bgad == {"grass": ["probability", "sigma2", "sigma8"], "gravel": ["probability", "sigma2", "sigma8"]}
     patchcore = [(j["category"], [r["category"] for r in j["rows"]]) for j in jobs if j["config"] == "patchcore"]
     assert patchcore == [("gravel", ["gravel"])]  # train_once: one job per category that still lacks a split
+
+
+def test_a_scoring_variant_sets_the_map_and_the_image_score_and_keeps_the_rest_of_the_models_own() -> None:
+    from anomalib_bgad import Bgad
+    from benchmarks.study import apply_scoring
+
+    bgad = Bgad(coupling_blocks=2, pre_trained=False, sigma=2.0, level_aggregation="max", visualizer=False)
+    apply_scoring(bgad, {"image_score_top_share": 0.05})
+    assert bgad.model.image_score.top_share == 0.05
+    assert bgad.model.anomaly_map_generator.level_aggregation == "max"
+    assert bgad.model.anomaly_map_generator.blur.kernel.shape[-1] == 13  # sigma 2: 2 * ceil(3 * 2) + 1
+    apply_scoring(bgad, {"level_aggregation": "probability"})
+    assert bgad.model.image_score.top_share == 0.0  # each variant starts from the model's own settings
+    assert bgad.model.anomaly_map_generator.level_aggregation == "probability"
+    with pytest.raises(ValueError, match=r"\['sigmaa'\] are not scoring settings"):
+        apply_scoring(bgad, {"sigmaa": 3.0})

@@ -105,6 +105,9 @@ class Bgad(AnomalibModule):
             are cropped back to the image's grid, so border positions see mirrored image content instead of zeros.
             A multiple of the coarsest level's stride (16 for the default levels), smaller than the image; ``0``
             feeds the image as it is, as the paper does. Defaults to ``32`` (model README, "Image borders").
+        image_score_top_share (float): ``0`` scores an image by its anomaly map's maximum; a share in ``(0, 1]``
+            by the mean of that share of the map's highest pixels (:mod:`.image_score`). Scoring only: any value
+            loads any checkpoint. Defaults to ``0``.
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
         cache_features (bool): Compute each training image's backbone features once and reuse them in later
             epochs (:mod:`.feature_cache`). Defaults to ``True``.
@@ -144,6 +147,7 @@ class Bgad(AnomalibModule):
         sigma: float = 4.0,
         level_aggregation: str = "mean",
         border_padding: int = 32,
+        image_score_top_share: float = 0.0,
         gradient_clip_norm: float = 1.0,
         cache_features: bool = True,
         cuda_graphs: bool = True,
@@ -179,6 +183,7 @@ class Bgad(AnomalibModule):
             sigma=sigma,
             level_aggregation=level_aggregation,
             border_padding=border_padding,
+            image_score_top_share=image_score_top_share,
         )
         self.loss = BgadLoss(mode=loss_mode, bgspp_weight=bgspp_weight, focal_weighting=focal_weighting)
         self.phase1_epochs = phase1_epochs

@@ -4,7 +4,7 @@ The structure is the one of the unsupervised flow baseline (NFAD/CFLOW): a froze
 backbone gives feature maps at a few strides (:mod:`.feature_extractor`); every feature position ("fiber") goes
 through the conditional normalising flow of its level, conditioned on its location (:mod:`.flow`), which gives
 its log-likelihood per dimension ``l``. The learned normal boundary ``b_n`` (:mod:`.boundary`) turns the
-likelihoods into a per-image anomaly map (:mod:`.anomaly_map`)::
+likelihoods into a per-image anomaly map (:mod:`.anomaly_map`) and an image score (:mod:`.image_score`)::
 
     anomaly_map = G_sigma * (1/K) sum_k up_bilinear(b_n,k - l_k / alpha),    pred_score = max(anomaly_map)
 
@@ -33,6 +33,7 @@ from .cuda_graphs import GraphedFlows
 from .feature_extractor import FrozenFeatureExtractor
 from .fibers import to_fibers
 from .flow import ConditionalFlow, PositionalCondition
+from .image_score import ImageScore
 
 
 class BgadModel(nn.Module):
@@ -57,10 +58,13 @@ class BgadModel(nn.Module):
         border_padding (int): Reflection padding of the image before the backbone, in pixels
             (:class:`.feature_extractor.FrozenFeatureExtractor`); must be smaller than the image. Defaults to ``32``
             (not in the paper: it removes the backbone's zero-padding frame at the image border, model README).
+        image_score_top_share (float): ``0`` scores an image by its map's maximum; a share in ``(0, 1]`` by the
+            mean of that share of its highest pixels (:mod:`.image_score`). Defaults to ``0``.
 
     Raises:
-        ValueError: For a ``condition_vector`` that is not a multiple of 4, an invalid ``beta``/``normalizer``, or
-            a ``border_padding`` that is not a multiple of the coarsest level's stride.
+        ValueError: For a ``condition_vector`` that is not a multiple of 4, an invalid ``beta``/``normalizer``, a
+            ``border_padding`` that is not a multiple of the coarsest level's stride, or an
+            ``image_score_top_share`` outside ``[0, 1]``.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class BgadModel(nn.Module):
         sigma: float = 4.0,
         level_aggregation: str = "mean",
         border_padding: int = 32,
+        image_score_top_share: float = 0.0,
     ) -> None:
         super().__init__()
         self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained, border_padding)
@@ -90,6 +95,7 @@ class BgadModel(nn.Module):
         )
         self.boundary = Boundary(len(self.flows), beta=beta, tau=tau, normalizer=normalizer)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma, level_aggregation=level_aggregation)
+        self.image_score = ImageScore(image_score_top_share)
         # Set by the Lightning module on CUDA: the training path's flow calls replay CUDA graphs (same function).
         self.graphed_flows: GraphedFlows | None = None
         self._register_load_state_dict_pre_hook(self._map_legacy_state)
@@ -174,7 +180,8 @@ class BgadModel(nn.Module):
         Returns:
             In training mode, the per-level log-likelihood maps ``l_k`` (``(B, H_k, W_k)``).
             In eval mode, ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))`` with
-            ``anomaly_map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)`` and ``pred_score = max(anomaly_map)``:
+            ``anomaly_map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)`` and ``pred_score = max(anomaly_map)``
+            (by default; :mod:`.image_score`):
             how far (in normalised log-likelihood) the image falls below the normal boundary learned in training.
             Every operation is per image: a score does not depend on the other images of the batch.
         """
@@ -183,5 +190,4 @@ class BgadModel(nn.Module):
             return maps
         normalized = [self.boundary.normalize(log_likelihood) for log_likelihood in maps]
         anomaly_map = self.anomaly_map_generator(normalized, self.boundary, images.shape[-2:])
-        pred_score = torch.amax(anomaly_map, dim=(-3, -2, -1))
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=self.image_score(anomaly_map), anomaly_map=anomaly_map)
