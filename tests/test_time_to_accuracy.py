@@ -73,17 +73,20 @@ def test_suite_expands_into_calibrations_then_one_job_per_budget_and_seed() -> N
     suite = committed_suite()
     jobs = expand(suite)
     kinds = [job.kind for job in jobs]
-    assert kinds[:9] == [CALIBRATION] * 9 and CALIBRATION not in kinds[9:]
-    assert [(job.model, job.category, job.seed) for job in jobs[:9]] == [
-        (model, category, 0) for model in ("bgad", "bgad_border32", "nfad") for category in ("brick", "grass", "gravel")
+    budgeted = ("bgad", "bgad_border32", "nfad", "nfad_border32")
+    assert kinds[:12] == [CALIBRATION] * 12 and CALIBRATION not in kinds[12:]
+    assert [(job.model, job.category, job.seed) for job in jobs[:12]] == [
+        (model, category, 0) for model in budgeted for category in ("brick", "grass", "gravel")
     ]
     count = {model: sum(job.model == model and job.kind != CALIBRATION for job in jobs) for model in suite["models"]}
-    # BGAD: 2.5 min x 3 seeds and 30 s, 1, 5 min x seed 0, per category; BGAD 0.3.0: 2.5 min x 3 seeds;
-    # NFAD: 2.5 min x seed 0. PatchCore and PaDiM: one training per category, tested on the split of every seed.
+    # BGAD 0.2.0 and 0.3.0: 2.5 min x 3 seeds and 30 s, 1, 5 min x seed 0, per category; NFAD 0.2.0 and 0.3.0:
+    # 2.5 min x seed 0. PatchCore and PaDiM: one training per category, tested on the split of every seed.
     assert count == {
-        "bgad": 3 * (3 + 3), "bgad_border32": 3 * 3, "nfad": 3 * 1, "patchcore": 3, "padim": 3, "bgad_reference": 3,
+        "bgad": 3 * (3 + 3), "bgad_border32": 3 * (3 + 3), "nfad": 3 * 1, "nfad_border32": 3 * 1, "patchcore": 3,
+        "padim": 3, "bgad_reference": 3,
     }  # fmt: skip
     assert suite["models"]["bgad_border32"]["init_args"] == {"border_padding": 32}
+    assert suite["models"]["nfad_border32"]["init_args"] == {"loss_mode": "nfad", "border_padding": 32}
     assert {job.seed for job in jobs if job.model == "bgad" and job.budget_s == 300} == {0}
     assert {job.seed for job in jobs if job.model == "bgad" and job.budget_s == 150} == {0, 1, 2}
     (patchcore, *_) = [job for job in jobs if job.model == "patchcore"]
