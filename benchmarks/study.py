@@ -105,27 +105,35 @@ def split_rows(study: dict[str, Any], output: Path) -> list[dict[str, Any]]:
 SCORING_KEYS = ("sigma", "level_aggregation", "image_score_top_share")
 
 
-def apply_scoring(bgad: Any, scoring: dict[str, Any]) -> None:
+def apply_scoring(model: Any, scoring: dict[str, Any]) -> None:
     """Score a trained ``Bgad`` with a scoring variant from now on; keys the variant leaves out keep the model's own.
 
+    Other models (PatchCore, PaDiM) keep their own scoring: for them only the empty variant ``{}`` is valid.
+
     Args:
-        bgad (Any): The trained ``anomalib_bgad.Bgad``.
+        model (Any): The trained model, an ``anomalib_bgad.Bgad`` or a peer.
         scoring (dict[str, Any]): Values for any of :data:`SCORING_KEYS`; ``{}`` restores the model's init args.
 
     Raises:
-        ValueError: For a key that is not a scoring setting, naming it.
+        ValueError: For a key that is not a scoring setting, naming it, or any key for a model that is not BGAD.
     """
+    from anomalib_bgad import Bgad
     from anomalib_bgad.models.bgad.anomaly_map import AnomalyMapGenerator
     from anomalib_bgad.models.bgad.image_score import ImageScore
 
+    if not isinstance(model, Bgad):
+        if scoring:
+            msg = f"scoring variants apply to BGAD only; {type(model).__name__} got {scoring}."
+            raise ValueError(msg)
+        return
     unknown = sorted(set(scoring) - set(SCORING_KEYS))
     if unknown:
         msg = f"scoring keys {unknown} are not scoring settings; a scoring variant may set {list(SCORING_KEYS)}."
         raise ValueError(msg)
-    options = {key: scoring.get(key, bgad.hparams[key]) for key in SCORING_KEYS}
+    options = {key: scoring.get(key, model.hparams[key]) for key in SCORING_KEYS}
     top_share = options.pop("image_score_top_share")
-    bgad.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(bgad.device)
-    bgad.model.image_score = ImageScore(top_share)
+    model.model.anomaly_map_generator = AnomalyMapGenerator(**options).to(model.device)
+    model.model.image_score = ImageScore(top_share)
 
 
 def _job(study: dict[str, Any], config_name: str, row: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -193,14 +201,12 @@ def run_cell(job: dict[str, Any]) -> list[dict[str, Any]]:
         failed = {"status": "failed", "error": repr(error)[:500]}
         return [{**where(row), "scoring": name, **failed} for row in job["rows"] for name in job["scorings"]]
     results = []
-    scored_by_variants = hasattr(model.model, "anomaly_map_generator")  # BGAD; peers score their own way
     for index, row in enumerate(job["rows"]):
         if index:
             datamodule = build_datamodule(job, row)
         for name, scoring in job["scorings"].items():
             try:
-                if scored_by_variants:
-                    apply_scoring(model, scoring)
+                apply_scoring(model, scoring)
                 start = time.perf_counter()
                 predictions = engine.predict(model, datamodule=datamodule, return_predictions=True)
                 metrics = compute_metrics(predictions)

@@ -116,3 +116,17 @@ def test_a_scoring_variant_sets_the_map_and_the_image_score_and_keeps_the_rest_o
     assert bgad.model.anomaly_map_generator.level_aggregation == "probability"
     with pytest.raises(ValueError, match=r"\['sigmaa'\] are not scoring settings"):
         apply_scoring(bgad, {"sigmaa": 3.0})
+
+
+def test_peers_keep_their_own_scoring_and_refuse_a_variant() -> None:
+    """PatchCore's torch model also has an ``anomaly_map_generator``; a study must not treat it as BGAD's."""
+    from anomalib.models import Patchcore
+
+    from benchmarks.study import apply_scoring
+
+    patchcore = Patchcore(backbone="tf_efficientnet_lite0", layers=["blocks.2", "blocks.4"], pre_trained=False)
+    generator = patchcore.model.anomaly_map_generator
+    apply_scoring(patchcore, {})
+    assert patchcore.model.anomaly_map_generator is generator
+    with pytest.raises(ValueError, match="scoring variants apply to BGAD only; Patchcore"):
+        apply_scoring(patchcore, {"sigma": 2.0})
