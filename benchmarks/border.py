@@ -168,10 +168,14 @@ def padding_cost(rounds: int = 7) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line interface."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="bgad_border32", help="study configurations, comma-separated")
-    parser.add_argument("--categories", default="grass,gravel", help="comma-separated")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ring", type=int, default=16, help="border width in pixels of the anomaly map")
+    parser.add_argument(
+        "--configs", default="bgad_border32", help="study configurations, comma-separated (default: %(default)s)"
+    )
+    parser.add_argument("--categories", default="grass,gravel", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the study split's seed (default: %(default)s)")
+    parser.add_argument(
+        "--ring", type=int, default=16, help="border width in pixels of the anomaly map (default: %(default)s)"
+    )
     parser.add_argument("--timing-only", action="store_true", help="only time the padded and unpadded forward")
     parser.add_argument("--no-timing", action="store_true", help="skip the timing (the stored padding_cost stays)")
     parser.add_argument(

@@ -421,6 +421,32 @@ def test_a_checkpoint_from_before_border_padding_is_scored_unpadded(
     assert not torch.allclose(scores[0], scores[2], atol=1e-4)  # padding changes the scores: the test can fail
 
 
+def test_a_checkpoint_from_before_the_top_share_score_is_scored_by_the_maximum(
+    trained_checkpoint: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """0.3.0 checkpoints have no image_score_top_share: their stored image threshold was fitted to the map's maximum."""
+    old = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
+    del old["hyper_parameters"]["image_score_top_share"]
+    old_path = tmp_path / "bgad_0.3.0.ckpt"
+    torch.save(old, old_path)
+    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.checkpoint"):
+        restored = Bgad.load_from_checkpoint(old_path, map_location="cpu").eval()  # what anomalib export does
+    assert "made before image_score_top_share existed" in caplog.text
+    assert restored.hparams["image_score_top_share"] == 0.0
+    images = synthetic_batches(1)[0].image
+    with torch.no_grad():
+        output = restored.model(images)
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.amax(dim=(-3, -2, -1)), rtol=0, atol=0)
+    # A value set explicitly is kept; a checkpoint that has the init arg keeps its own.
+    chosen = Bgad(**{**small_kwargs(), "image_score_top_share": 0.05})
+    chosen.on_load_checkpoint(torch.load(old_path, map_location="cpu", weights_only=True))
+    assert chosen.model.image_score.top_share == 0.05
+    current = Bgad.load_from_checkpoint(trained_checkpoint, map_location="cpu")
+    assert current.model.image_score.top_share == 0.01
+
+
 def test_mid_epoch_training_state_survives_a_checkpoint_round_trip(small_bgad_kwargs: dict, tmp_path: Path) -> None:
     """The epoch accumulators (boundary sums, step counters) are saved, so a mid-epoch resume averages the epoch."""
     source = small_model(small_bgad_kwargs)

@@ -69,7 +69,8 @@ def reference_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The scoring formula computed the plain way, one image at a time.
 
-    ``map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)``, ``score = max(map)``, with ``l_k`` from the flow
+    ``map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)``, ``score`` = the mean of its highest 1 % of pixels
+    (the default ``image_score_top_share``, by a full sort instead of ``topk``), with ``l_k`` from the flow
     through FrEIA's ``SequenceINN`` (not the folded inference path) and anomalib's 2D ``GaussianBlur2d``;
     ``max`` takes the maximum over the levels, ``probability`` the mean of ``1 - exp(-alpha max(d_k, 0))``.
     """
@@ -90,7 +91,8 @@ def reference_scores(
             stacked = torch.stack(upsampled)
             maps.append(blur(stacked.amax(dim=0) if level_aggregation == "max" else stacked.mean(dim=0)))
     anomaly_map = torch.cat(maps)
-    return anomaly_map.amax(dim=(-3, -2, -1)), anomaly_map
+    highest = anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, : round(0.01 * anomaly_map[0].numel())]
+    return highest.mean(dim=1), anomaly_map
 
 
 def score(model: BgadModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,14 +133,19 @@ def test_other_level_aggregations_follow_their_formulas_and_stay_per_image(
 def test_top_share_image_score_is_the_mean_of_the_highest_pixels_and_stays_per_image(
     model: BgadModel, images: torch.Tensor
 ) -> None:
-    max_scores, default_maps = score(model, images[:4])
-    model.image_score = ImageScore(top_share=0.02)
+    default_scores, default_maps = score(model, images[:4])
+    model.image_score = ImageScore(top_share=0.0)
     try:
+        max_scores, _ = score(model, images[:4])
+        model.image_score = ImageScore(top_share=0.02)
         pred_score, anomaly_map = score(model, images[:4])
         alone_score, _ = score(model, images[2:3])
     finally:
         model.image_score = ImageScore()
     torch.testing.assert_close(anomaly_map, default_maps, atol=0, rtol=0)  # the map does not change
+    torch.testing.assert_close(max_scores, default_maps.amax(dim=(-3, -2, -1)), atol=0, rtol=0)  # 0: the maximum
+    assert (default_scores > pred_score + 1e-5).all()  # the default 1 % lies between the maximum and the 2 %
+    assert (default_scores < max_scores - 1e-5).all()
     highest = anomaly_map.flatten(1).sort(dim=1, descending=True).values[:, : round(0.02 * 64 * 64)]
     torch.testing.assert_close(pred_score, highest.mean(dim=1), atol=ATOL, rtol=0)
     torch.testing.assert_close(alone_score, pred_score[2:3], atol=ATOL, rtol=0)

@@ -112,7 +112,7 @@ def test_a_scoring_variant_sets_the_map_and_the_image_score_and_keeps_the_rest_o
     assert bgad.model.anomaly_map_generator.level_aggregation == "max"
     assert bgad.model.anomaly_map_generator.blur.kernel.shape[-1] == 13  # sigma 2: 2 * ceil(3 * 2) + 1
     apply_scoring(bgad, {"level_aggregation": "probability"})
-    assert bgad.model.image_score.top_share == 0.0  # each variant starts from the model's own settings
+    assert bgad.model.image_score.top_share == 0.01  # each variant starts from the model's own settings (default)
     assert bgad.model.anomaly_map_generator.level_aggregation == "probability"
     with pytest.raises(ValueError, match=r"\['sigmaa'\] are not scoring settings"):
         apply_scoring(bgad, {"sigmaa": 3.0})

@@ -85,8 +85,13 @@ def test_suite_expands_into_calibrations_then_one_job_per_budget_and_seed() -> N
         "bgad": 3 * (3 + 3), "bgad_border32": 3 * (3 + 3), "nfad": 3 * 1, "nfad_border32": 3 * 1, "patchcore": 3,
         "padim": 3, "bgad_reference": 3,
     }  # fmt: skip
-    assert suite["models"]["bgad_border32"]["init_args"] == {"border_padding": 32}
-    assert suite["models"]["nfad_border32"]["init_args"] == {"loss_mode": "nfad", "border_padding": 32}
+    # 0.3.0's defaults, pinned: the committed rows ran with the padding and the map's maximum as image score.
+    assert suite["models"]["bgad_border32"]["init_args"] == {"border_padding": 32, "image_score_top_share": 0}
+    assert suite["models"]["nfad_border32"]["init_args"] == {
+        "loss_mode": "nfad", "border_padding": 32, "image_score_top_share": 0,
+    }  # fmt: skip
+    assert all(model["init_args"].get("image_score_top_share") == 0 for model in suite["models"].values()
+               if model["class_path"] == "anomalib_bgad.Bgad")  # fmt: skip
     assert {job.seed for job in jobs if job.model == "bgad" and job.budget_s == 300} == {0}
     assert {job.seed for job in jobs if job.model == "bgad" and job.budget_s == 150} == {0, 1, 2}
     (patchcore, *_) = [job for job in jobs if job.model == "patchcore"]
@@ -104,7 +109,8 @@ def test_suite_expands_into_calibrations_then_one_job_per_budget_and_seed() -> N
         "fiber_batch_size": 4096,
         "coupling_blocks": 8,
         "phase1_epochs": 1,
-        "border_padding": 0,  # the committed results ran with 0.2.0's default
+        "border_padding": 0,  # the committed results ran with 0.2.0's defaults
+        "image_score_top_share": 0,
     }
     assert suite["dataset"]["args"]["repeat_anomalies"] == 2 and suite["image_size"] == 256
 

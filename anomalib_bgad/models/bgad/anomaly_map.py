@@ -4,15 +4,15 @@ For every feature level k the map is ``d_k = b_n,k - ln_k`` (:meth:`.boundary.Bo
 ``ln_k = l_k / alpha`` is the normalised log-likelihood of a feature position and ``b_n,k`` the normal boundary
 learned in training. ``d_k > 0`` means "less likely than the boundary": positions outside the normal region.
 The levels are upsampled (bilinear) to the input size and averaged, then smoothed with a
-Gaussian (sigma 4, as anomalib's flow models do; 0 disables). The image score is the map's
-maximum.
+Gaussian (sigma 4, as anomalib's flow models do; 0 disables). The image score is the mean of the map's
+highest 1 % of pixels (:mod:`.image_score`; ``image_score_top_share: 0`` gives its maximum).
 
 In one line::
 
-    anomaly_map = G_sigma * (1/K) sum_k up_bilinear(b_n,k - l_k / alpha),    pred_score = max(anomaly_map)
+    anomaly_map = G_sigma * (1/K) sum_k up_bilinear(b_n,k - l_k / alpha),    pred_score = mean(top 1 % of anomaly_map)
 
-The unit is the normalised log-likelihood: a score of 0.05 means the least likely region of the
-image lies 0.05 below the normal boundary (``b_a = b_n - tau`` is at ``tau = 0.1``). anomalib's
+The unit is the normalised log-likelihood: a score of 0.05 means the least likely 1 % of the
+image lies on average 0.05 below the normal boundary (``b_a = b_n - tau`` is at ``tau = 0.1``). anomalib's
 post-processor then min-max normalises scores and maps with statistics from the validation set and
 thresholds them, as for any model; those statistics and the threshold are stored in the checkpoint
 and exported.

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .boundary import map_legacy_state
+from .image_score import DEFAULT_TOP_SHARE, ImageScore
 from .numerics import check_finite_weights
 
 TRAINING_STATE_KEY = "bgad_training_state"
@@ -116,6 +117,7 @@ def check_loadable(module: Any, checkpoint: dict[str, Any]) -> None:
     """
     map_legacy_state(checkpoint.get("state_dict") or {}, "model.")
     adopt_unpadded_checkpoint(module, checkpoint)
+    adopt_maximum_image_score(module, checkpoint)
     own = {key: value for key, value in module.state_dict().items() if key.startswith("model.")}
     check_compatible(checkpoint, dict(module.hparams), own)
 
@@ -141,6 +143,33 @@ def adopt_unpadded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     )
     module.model.feature_extractor.border_padding = 0
     module.hparams["border_padding"] = 0
+
+
+def adopt_maximum_image_score(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Score a checkpoint made before ``image_score_top_share`` existed by its map's maximum, as it was validated.
+
+    Such checkpoints (0.3.0 and older) have no ``image_score_top_share`` init arg and store an image threshold and
+    score normalisation fitted to the map's maximum; today's default (the top 1 % mean, since 0.4.0) would keep their
+    AUROC but shift their labels and normalised scores. A model built with the default adopts ``0`` and logs a
+    warning; a value set on the command line is kept.
+
+    Args:
+        module (Any): The :class:`~.lightning_model.Bgad` the checkpoint is loaded into.
+        checkpoint (dict[str, Any]): The loaded checkpoint.
+    """
+    saved = checkpoint.get("hyper_parameters")
+    if not saved or "image_score_top_share" in saved:
+        return
+    if module.hparams.get("image_score_top_share") != DEFAULT_TOP_SHARE:
+        return
+    logger.warning(
+        "This checkpoint was made before image_score_top_share existed (anomalib_bgad 0.3.0 or older), so its image "
+        "threshold was fitted to the anomaly map's maximum: it is scored with image_score_top_share 0 instead of %s "
+        "(set --model.image_score_top_share and validate again to use another image score).",
+        DEFAULT_TOP_SHARE,
+    )
+    module.model.image_score = ImageScore(0.0)
+    module.hparams["image_score_top_share"] = 0.0
 
 
 def add_training_state(module: Any, checkpoint: dict[str, Any]) -> None:

@@ -57,6 +57,7 @@ from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
 from .feature_extractor import EvalModeWarningFilter
 from .fibers import LabeledFibers, batch_position_groups, fiber_generator, steps_per_batch, training_fibers
+from .image_score import DEFAULT_TOP_SHARE
 from .loss import BgadLoss
 from .numerics import NonFiniteTrainingError
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
@@ -105,9 +106,9 @@ class Bgad(AnomalibModule):
             are cropped back to the image's grid, so border positions see mirrored image content instead of zeros.
             A multiple of the coarsest level's stride (16 for the default levels), smaller than the image; ``0``
             feeds the image as it is, as the paper does. Defaults to ``32`` (model README, "Image borders").
-        image_score_top_share (float): ``0`` scores an image by its anomaly map's maximum; a share in ``(0, 1]``
-            by the mean of that share of the map's highest pixels (:mod:`.image_score`). Scoring only: any value
-            loads any checkpoint. Defaults to ``0``.
+        image_score_top_share (float): A share in ``(0, 1]`` scores an image by the mean of that share of its
+            anomaly map's highest pixels; ``0`` by the map's maximum (:mod:`.image_score`). Scoring only: any value
+            loads any checkpoint. Defaults to ``0.01`` (since 0.4.0; 0.3.0 and older: ``0``).
         gradient_clip_norm (float): Clip the flows' gradient norm per step; 0 disables. Defaults to ``1``.
         cache_features (bool): Compute each training image's backbone features once and reuse them in later
             epochs (:mod:`.feature_cache`). Defaults to ``True``.
@@ -147,7 +148,7 @@ class Bgad(AnomalibModule):
         sigma: float = 4.0,
         level_aggregation: str = "mean",
         border_padding: int = 32,
-        image_score_top_share: float = 0.0,
+        image_score_top_share: float = DEFAULT_TOP_SHARE,
         gradient_clip_norm: float = 1.0,
         cache_features: bool = True,
         cuda_graphs: bool = True,

@@ -6,7 +6,7 @@ through the conditional normalising flow of its level, conditioned on its locati
 its log-likelihood per dimension ``l``. The learned normal boundary ``b_n`` (:mod:`.boundary`) turns the
 likelihoods into a per-image anomaly map (:mod:`.anomaly_map`) and an image score (:mod:`.image_score`)::
 
-    anomaly_map = G_sigma * (1/K) sum_k up_bilinear(b_n,k - l_k / alpha),    pred_score = max(anomaly_map)
+    anomaly_map = G_sigma * (1/K) sum_k up_bilinear(b_n,k - l_k / alpha),    pred_score = mean(top 1 % of anomaly_map)
 
 Unlike anomalib's CFLOW, evaluation pushes whole feature maps through the flows at once (no Python loop over
 fibers, :mod:`.folded_flow`), and every score is computed from its image alone.
@@ -33,7 +33,7 @@ from .cuda_graphs import GraphedFlows
 from .feature_extractor import FrozenFeatureExtractor
 from .fibers import to_fibers
 from .flow import ConditionalFlow, PositionalCondition
-from .image_score import ImageScore
+from .image_score import DEFAULT_TOP_SHARE, ImageScore
 
 
 class BgadModel(nn.Module):
@@ -58,8 +58,9 @@ class BgadModel(nn.Module):
         border_padding (int): Reflection padding of the image before the backbone, in pixels
             (:class:`.feature_extractor.FrozenFeatureExtractor`); must be smaller than the image. Defaults to ``32``
             (not in the paper: it removes the backbone's zero-padding frame at the image border, model README).
-        image_score_top_share (float): ``0`` scores an image by its map's maximum; a share in ``(0, 1]`` by the
-            mean of that share of its highest pixels (:mod:`.image_score`). Defaults to ``0``.
+        image_score_top_share (float): A share in ``(0, 1]`` scores an image by the mean of that share of its map's
+            highest pixels; ``0`` by the map's maximum (:mod:`.image_score`). Defaults to ``0.01`` (since 0.4.0;
+            0.3.0 and older: ``0``).
 
     Raises:
         ValueError: For a ``condition_vector`` that is not a multiple of 4, an invalid ``beta``/``normalizer``, a
@@ -82,7 +83,7 @@ class BgadModel(nn.Module):
         sigma: float = 4.0,
         level_aggregation: str = "mean",
         border_padding: int = 32,
-        image_score_top_share: float = 0.0,
+        image_score_top_share: float = DEFAULT_TOP_SHARE,
     ) -> None:
         super().__init__()
         self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained, border_padding)
@@ -180,8 +181,8 @@ class BgadModel(nn.Module):
         Returns:
             In training mode, the per-level log-likelihood maps ``l_k`` (``(B, H_k, W_k)``).
             In eval mode, ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))`` with
-            ``anomaly_map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)`` and ``pred_score = max(anomaly_map)``
-            (by default; :mod:`.image_score`):
+            ``anomaly_map = G_sigma * mean_k up_bilinear(b_n,k - l_k / alpha)`` and ``pred_score`` the mean of the
+            map's highest 1 % of pixels (by default; :mod:`.image_score`):
             how far (in normalised log-likelihood) the image falls below the normal boundary learned in training.
             Every operation is per image: a score does not depend on the other images of the batch.
         """
