@@ -395,18 +395,25 @@ def test_a_checkpoint_with_other_border_padding_fails_naming_it(trained_checkpoi
     assert "--model.border_padding 32" in str(error.value)
 
 
+def load_without_init_arg(
+    checkpoint: Path, key: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[Bgad, Path]:
+    """Save ``checkpoint`` without the init arg ``key`` (as an older version wrote it), then load it as export does."""
+    old = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    del old["hyper_parameters"][key]
+    old_path = tmp_path / f"bgad_without_{key}.ckpt"
+    torch.save(old, old_path)
+    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.checkpoint"):
+        return Bgad.load_from_checkpoint(old_path, map_location="cpu"), old_path  # what anomalib export does
+
+
 def test_a_checkpoint_from_before_border_padding_is_scored_unpadded(
     trained_checkpoint: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """0.2.0 checkpoints have no border_padding init arg: export and load_from_checkpoint must not pad their images."""
-    old = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
-    del old["hyper_parameters"]["border_padding"]
-    old_path = tmp_path / "bgad_0.2.0.ckpt"
-    torch.save(old, old_path)
-    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.checkpoint"):
-        restored = Bgad.load_from_checkpoint(old_path, map_location="cpu")  # what anomalib export does
+    restored, _ = load_without_init_arg(trained_checkpoint, "border_padding", tmp_path, caplog)
     assert "made before border_padding existed" in caplog.text
     assert restored.hparams["border_padding"] == 0
     unpadded = Bgad(**{**small_kwargs(), "border_padding": 0})
@@ -427,12 +434,8 @@ def test_a_checkpoint_from_before_the_top_share_score_is_scored_by_the_maximum(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """0.3.0 checkpoints have no image_score_top_share: their stored image threshold was fitted to the map's maximum."""
-    old = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
-    del old["hyper_parameters"]["image_score_top_share"]
-    old_path = tmp_path / "bgad_0.3.0.ckpt"
-    torch.save(old, old_path)
-    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.checkpoint"):
-        restored = Bgad.load_from_checkpoint(old_path, map_location="cpu").eval()  # what anomalib export does
+    restored, old_path = load_without_init_arg(trained_checkpoint, "image_score_top_share", tmp_path, caplog)
+    restored.eval()
     assert "made before image_score_top_share existed" in caplog.text
     assert restored.hparams["image_score_top_share"] == 0.0
     images = synthetic_batches(1)[0].image
