@@ -122,6 +122,12 @@ def check_loadable(module: Any, checkpoint: dict[str, Any]) -> None:
     check_compatible(checkpoint, dict(module.hparams), own)
 
 
+def made_before(checkpoint: dict[str, Any], init_arg: str) -> bool:
+    """Whether ``checkpoint`` stores init args and ``init_arg`` is not among them: a version older than the arg."""
+    saved = checkpoint.get("hyper_parameters")
+    return bool(saved) and init_arg not in saved
+
+
 def adopt_unpadded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     """Score a checkpoint made before ``border_padding`` existed (0.2.0 and older) as it was trained: unpadded.
 
@@ -133,8 +139,7 @@ def adopt_unpadded_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
         module (Any): The :class:`~.lightning_model.Bgad` the checkpoint is loaded into.
         checkpoint (dict[str, Any]): The loaded checkpoint.
     """
-    saved = checkpoint.get("hyper_parameters")
-    if not saved or "border_padding" in saved or not module.hparams.get("border_padding"):
+    if not made_before(checkpoint, "border_padding") or not module.hparams.get("border_padding"):
         return
     logger.warning(
         "This checkpoint was made before border_padding existed (anomalib_bgad 0.2.0 or older), so it was trained "
@@ -157,10 +162,9 @@ def adopt_maximum_image_score(module: Any, checkpoint: dict[str, Any]) -> None:
         module (Any): The :class:`~.lightning_model.Bgad` the checkpoint is loaded into.
         checkpoint (dict[str, Any]): The loaded checkpoint.
     """
-    saved = checkpoint.get("hyper_parameters")
-    if not saved or "image_score_top_share" in saved:
+    if not made_before(checkpoint, "image_score_top_share"):
         return
-    if module.hparams.get("image_score_top_share") != DEFAULT_TOP_SHARE:
+    if module.hparams.get("image_score_top_share") != DEFAULT_TOP_SHARE:  # set on the command line: kept
         return
     logger.warning(
         "This checkpoint was made before image_score_top_share existed (anomalib_bgad 0.3.0 or older), so its image "
