@@ -153,6 +153,8 @@ def test_invalid_init_args_are_rejected() -> None:
         Bgad(phase1_epochs=-1, coupling_blocks=1)
     with pytest.raises(ValueError, match="fiber_batch_size"):
         Bgad(fiber_batch_size=0, coupling_blocks=1)
+    with pytest.raises(ValueError, match="partial_fibers must be one of"):
+        Bgad(partial_fibers="drop", coupling_blocks=1)
     with pytest.raises(ValueError, match="condition_vector"):
         BgadModel(condition_vector=30, coupling_blocks=1)
 

@@ -42,6 +42,27 @@ def test_fibers_are_labeled_by_the_mask_and_non_finite_ones_by_neither(model_and
     assert int(fibers.normal[0].sum()) == 2 * positions - 1 - int(fibers.anomalous[0].sum())
 
 
+def test_partial_fibers_ignore_leaves_cells_touched_by_the_mask_out_of_the_normal_selection(
+    model_and_features,
+) -> None:
+    _, features = model_and_features  # 64 px input: grids 16, 8 and 4 (cells of 4, 8 and 16 px)
+    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    masks = torch.zeros(2, 64, 64)
+    masks[1, 20:22, :] = 1  # a 2 px line: nearest downsampling misses it at the coarser levels
+    paper = label_fibers(features, finite, masks)
+    ignored = label_fibers(features, finite, masks, partial_fibers="ignore")
+    for level, (height, _) in enumerate(paper.grids):
+        cell = 64 // height
+        touched = torch.zeros(2, height, height, dtype=torch.bool)
+        touched[1, 20 // cell : 21 // cell + 1, :] = True
+        assert torch.equal(ignored.anomalous[level], paper.anomalous[level])
+        assert torch.equal(ignored.normal[level], ~touched)
+        assert torch.equal(paper.normal[level], ~paper.anomalous[level])
+    assert int(paper.anomalous[2].sum()) == 0  # at the 16 px level the line counts as normal in the paper's rule
+    with pytest.raises(ValueError, match="partial_fibers"):
+        label_fibers(features, finite, masks, partial_fibers="drop")
+
+
 def test_step_loss_sums_the_levels_and_adds_the_boundary_terms_in_phase_2(model_and_features) -> None:
     model, features = model_and_features
     finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
@@ -81,3 +102,22 @@ def test_a_non_finite_step_leaves_the_weights_alone(fused: bool) -> None:
     torch.testing.assert_close(weight.detach(), torch.ones(3))
     step_unless_nonfinite(optimizer, torch.tensor(True))
     assert bool((weight.detach() < 1).all())
+
+
+def test_the_module_labels_training_fibers_with_its_partial_fibers_rule() -> None:
+    from anomalib.data import ImageBatch
+
+    from anomalib_bgad import Bgad
+
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[1, 20:22, :] = True
+    batch = ImageBatch(image=torch.rand(2, 3, 64, 64), gt_label=torch.tensor([0, 1]), gt_mask=masks)
+    selected = torch.ones(2, dtype=torch.bool)
+    counts = {}
+    for rule in ("normal", "ignore"):
+        module = Bgad(partial_fibers=rule, coupling_blocks=1, pre_trained=False, cache_features=False)
+        fibers = module._training_fibers(batch, selected)
+        counts[rule] = [int(level.sum()) for level in fibers.normal]
+    # 64 px input, grids 16 / 8 / 4: the line's cells are one row per level; nearest keeps only the finest's.
+    assert counts["normal"] == [2 * 256 - 16, 2 * 64, 2 * 16]
+    assert counts["ignore"] == [2 * 256 - 16, 2 * 64 - 8, 2 * 16 - 4]

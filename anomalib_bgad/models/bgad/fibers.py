@@ -62,22 +62,64 @@ class LabeledFibers(NamedTuple):
     grids: list[tuple[int, int]]
 
 
-def label_fibers(features: list[torch.Tensor], finite: list[torch.Tensor], masks: torch.Tensor | None) -> LabeledFibers:
+PARTIAL_FIBERS = ("normal", "ignore")
+
+
+def check_partial_fibers(partial_fibers: str) -> None:
+    """Raise ``ValueError`` naming the argument unless ``partial_fibers`` is one of :data:`PARTIAL_FIBERS`."""
+    if partial_fibers not in PARTIAL_FIBERS:
+        msg = f"partial_fibers must be one of {PARTIAL_FIBERS}, got {partial_fibers!r}."
+        raise ValueError(msg)
+
+
+def touched_cells(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Which positions of a feature level have any mask pixel in their cell (max pooling over the cell).
+
+    Args:
+        masks (torch.Tensor): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks.
+        size (tuple[int, int]): Feature map size ``(H_k, W_k)``.
+
+    Returns:
+        torch.Tensor: Boolean ``(B, H_k, W_k)``; a superset of :func:`downsample_mask`.
+    """
+    masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
+    return F.adaptive_max_pool2d(masks, tuple(size))[:, 0] > 0.5
+
+
+def label_fibers(
+    features: list[torch.Tensor],
+    finite: list[torch.Tensor],
+    masks: torch.Tensor | None,
+    partial_fibers: str = "normal",
+) -> LabeledFibers:
     """Label every fiber normal or anomalous by its image's pixel mask (:func:`downsample_mask`).
+
+    A *partial* fiber's cell holds mask pixels, yet nearest downsampling labels it normal: the rim of a defect,
+    or all of a defect smaller than the level's stride. The paper and the authors' code count it as normal, so
+    the ML loss and the pull raise the likelihood of defect features there; ``"ignore"`` leaves it out of both
+    selections.
 
     Args:
         features (list[torch.Tensor]): Per level, ``(B, C_k, H_k, W_k)``.
         finite (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: fibers fit to train on (non-finite
             ones are in neither selection).
         masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks; ``None`` means all normal.
+        partial_fibers (str): ``"normal"`` (paper) or ``"ignore"``. Defaults to ``"normal"``.
 
     Returns:
         LabeledFibers: The features with their labels on the features' device.
+
+    Raises:
+        ValueError: If ``partial_fibers`` is not one of :data:`PARTIAL_FIBERS`.
     """
+    check_partial_fibers(partial_fibers)
     grids = [tuple(level.shape[-2:]) for level in features]
     device, batch_size = features[0].device, features[0].shape[0]
     known = [downsample_mask(masks, grid, batch_size).to(device) for grid in grids]
-    normal = [~mask & ok for mask, ok in zip(known, finite, strict=True)]
+    outside = [~mask for mask in known]
+    if masks is not None and partial_fibers == "ignore":
+        outside = [~touched_cells(masks, grid).to(device) for grid in grids]
+    normal = [out & ok for out, ok in zip(outside, finite, strict=True)]
     anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
     return LabeledFibers(features, normal, anomalous, grids)
 
@@ -89,6 +131,7 @@ def training_fibers(
     backbone: Callable[[torch.Tensor], list[torch.Tensor]],
     cache: Callable[[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]], list[torch.Tensor]] | None,
     drop_nonfinite: Callable[[list[torch.Tensor], Sequence[str]], tuple[list[torch.Tensor], list[torch.Tensor]]],
+    partial_fibers: str = "normal",
 ) -> LabeledFibers:
     """A training batch's labeled fibers: backbone features, non-finite fibers zeroed and unlabeled.
 
@@ -103,6 +146,8 @@ def training_fibers(
             image is never cached.
         drop_nonfinite (Callable): Features and paths to the features with non-finite fibers zeroed and the
             per-level finite masks (:class:`.numerics.NonFiniteFibers`).
+        partial_fibers (str): How fibers partly covered by a mask count (:func:`label_fibers`). Defaults to
+            ``"normal"``.
 
     Returns:
         LabeledFibers: See :func:`label_fibers`.
@@ -112,7 +157,7 @@ def training_fibers(
         unused = [torch.zeros_like(level[:, 0]).bool() for level in features]
         return label_fibers([level * 0.0 for level in features], unused, None)
     features = cache(images, backbone) if cache is not None else backbone(images)
-    return label_fibers(*drop_nonfinite(features, paths), masks)
+    return label_fibers(*drop_nonfinite(features, paths), masks, partial_fibers)
 
 
 def fiber_generator(epoch: int, batch_idx: int) -> torch.Generator:

@@ -56,7 +56,14 @@ from .distributed import is_distributed, max_over_ranks
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
 from .feature_extractor import EvalModeWarningFilter
-from .fibers import LabeledFibers, batch_position_groups, fiber_generator, steps_per_batch, training_fibers
+from .fibers import (
+    LabeledFibers,
+    batch_position_groups,
+    check_partial_fibers,
+    fiber_generator,
+    steps_per_batch,
+    training_fibers,
+)
 from .image_score import DEFAULT_TOP_SHARE
 from .loss import BgadLoss
 from .numerics import NonFiniteTrainingError
@@ -94,6 +101,9 @@ class Bgad(AnomalibModule):
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
         bgspp_weight (float): ``lambda``, weight of the BG-SPP loss. Defaults to ``1`` (paper).
         focal_weighting (bool): Authors' focal weighting of the loss terms. Defaults to ``False``.
+        partial_fibers (str): Training fibers whose cell is partly covered by a known or pseudo anomaly's mask but
+            that nearest downsampling labels normal: ``"normal"`` (paper) or ``"ignore"`` (in neither the normal
+            nor the anomalous selection; :func:`.fibers.label_fibers`). Defaults to ``"normal"``.
         condition_vector (int): Positional condition size. Defaults to ``128``.
         coupling_blocks (int): Coupling blocks per flow. Defaults to ``8``.
         clamp_alpha (float): Affine clamping. Defaults to ``1.9``.
@@ -141,6 +151,7 @@ class Bgad(AnomalibModule):
         normalizer: float = 10.0,
         bgspp_weight: float = 1.0,
         focal_weighting: bool = False,
+        partial_fibers: str = "normal",
         condition_vector: int = 128,
         coupling_blocks: int = 8,
         clamp_alpha: float = 1.9,
@@ -169,6 +180,7 @@ class Bgad(AnomalibModule):
                 msg = f"{name} must be >= {minimum}, got {value}."
                 raise ValueError(msg)
         check_schedule(lr_schedule)
+        check_partial_fibers(partial_fibers)
         self.automatic_optimization = False  # several optimiser steps per batch (fiber position groups)
         self.model = BgadModel(
             backbone=backbone,
@@ -188,6 +200,7 @@ class Bgad(AnomalibModule):
         )
         self.loss = BgadLoss(mode=loss_mode, bgspp_weight=bgspp_weight, focal_weighting=focal_weighting)
         self.phase1_epochs = phase1_epochs
+        self.partial_fibers = partial_fibers
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.fiber_batch_size = fiber_batch_size
@@ -223,7 +236,9 @@ class Bgad(AnomalibModule):
         masks = batch.gt_mask[keep] if batch.gt_mask is not None else None
         paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
         backbone, cache = self.model.feature_extractor, self.feature_cache
-        return training_fibers(batch.image[keep], masks, paths, backbone, cache, self.nonfinite_fibers)
+        return training_fibers(
+            batch.image[keep], masks, paths, backbone, cache, self.nonfinite_fibers, self.partial_fibers
+        )
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
         """Train on one batch: several optimiser steps, each over one position group of every level.
