@@ -29,13 +29,20 @@ def to_fibers(features: torch.Tensor) -> torch.Tensor:
     return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
 
 
-def downsample_mask(masks: torch.Tensor | None, size: tuple[int, int], batch_size: int) -> torch.Tensor:
-    """Downsample pixel masks to a feature level (nearest), as a boolean per position.
+def downsample_mask(
+    masks: torch.Tensor | None,
+    size: tuple[int, int],
+    batch_size: int,
+    any_pixel: bool = False,
+) -> torch.Tensor:
+    """Downsample pixel masks to a feature level, as a boolean per position.
 
     Args:
         masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)``; ``None`` means all normal.
         size (tuple[int, int]): Feature map size ``(H_k, W_k)``.
         batch_size (int): ``B``, used when ``masks`` is ``None``.
+        any_pixel (bool): ``False``: nearest (the authors' rule). ``True``: a position is set when any mask pixel
+            of its cell is (max pooling over the cell), a superset of nearest. Defaults to ``False``.
 
     Returns:
         torch.Tensor: Boolean ``(B, H_k, W_k)``.
@@ -43,6 +50,8 @@ def downsample_mask(masks: torch.Tensor | None, size: tuple[int, int], batch_siz
     if masks is None:
         return torch.zeros(batch_size, *size, dtype=torch.bool)
     masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
+    if any_pixel:
+        return F.adaptive_max_pool2d(masks, tuple(size))[:, 0] > 0.5
     return F.interpolate(masks, size=tuple(size), mode="nearest")[:, 0] > 0.5
 
 
@@ -70,20 +79,6 @@ def check_partial_fibers(partial_fibers: str) -> None:
     if partial_fibers not in PARTIAL_FIBERS:
         msg = f"partial_fibers must be one of {PARTIAL_FIBERS}, got {partial_fibers!r}."
         raise ValueError(msg)
-
-
-def touched_cells(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Which positions of a feature level have any mask pixel in their cell (max pooling over the cell).
-
-    Args:
-        masks (torch.Tensor): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks.
-        size (tuple[int, int]): Feature map size ``(H_k, W_k)``.
-
-    Returns:
-        torch.Tensor: Boolean ``(B, H_k, W_k)``; a superset of :func:`downsample_mask`.
-    """
-    masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
-    return F.adaptive_max_pool2d(masks, tuple(size))[:, 0] > 0.5
 
 
 def label_fibers(
@@ -116,10 +111,10 @@ def label_fibers(
     grids = [tuple(level.shape[-2:]) for level in features]
     device, batch_size = features[0].device, features[0].shape[0]
     known = [downsample_mask(masks, grid, batch_size).to(device) for grid in grids]
-    outside = [~mask for mask in known]
-    if masks is not None and partial_fibers == "ignore":
-        outside = [~touched_cells(masks, grid).to(device) for grid in grids]
-    normal = [out & ok for out, ok in zip(outside, finite, strict=True)]
+    touched = known
+    if partial_fibers == "ignore":
+        touched = [downsample_mask(masks, grid, batch_size, any_pixel=True).to(device) for grid in grids]
+    normal = [~mask & ok for mask, ok in zip(touched, finite, strict=True)]
     anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
     return LabeledFibers(features, normal, anomalous, grids)
 
@@ -131,7 +126,7 @@ def training_fibers(
     backbone: Callable[[torch.Tensor], list[torch.Tensor]],
     cache: Callable[[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]], list[torch.Tensor]] | None,
     drop_nonfinite: Callable[[list[torch.Tensor], Sequence[str]], tuple[list[torch.Tensor], list[torch.Tensor]]],
-    partial_fibers: str = "normal",
+    partial_fibers: str,
 ) -> LabeledFibers:
     """A training batch's labeled fibers: backbone features, non-finite fibers zeroed and unlabeled.
 
@@ -146,8 +141,7 @@ def training_fibers(
             image is never cached.
         drop_nonfinite (Callable): Features and paths to the features with non-finite fibers zeroed and the
             per-level finite masks (:class:`.numerics.NonFiniteFibers`).
-        partial_fibers (str): How fibers partly covered by a mask count (:func:`label_fibers`). Defaults to
-            ``"normal"``.
+        partial_fibers (str): How fibers partly covered by a mask count (:func:`label_fibers`).
 
     Returns:
         LabeledFibers: See :func:`label_fibers`.
