@@ -121,7 +121,7 @@ def measure(config: str, category: str, seed: int, ring: int) -> dict[str, Any]:
                 normal_train.append(net(model.pre_processor(batch.image[keep])).anomaly_map[:, 0])
         for batch in datamodule.test_dataloader():
             images = model.pre_processor(batch.image)  # BgadModel.forward's eval path, keeping the levels' maps
-            normalized = [net.boundary.normalize(ll) for ll in net.log_likelihood_maps(net.feature_extractor(images))]
+            normalized = net.normalized_maps(images)
             distances.append([net.boundary.distance(k, level) for k, level in enumerate(normalized)])
             maps.append(net.anomaly_map_generator(normalized, net.boundary, images.shape[-2:])[:, 0])
             labels.append(batch.gt_label.int())

@@ -110,6 +110,19 @@ def test_scores_follow_the_documented_formula(model: BgadModel, images: torch.Te
     assert pred_score.std() > 1e-3
 
 
+def test_normalized_maps_are_each_levels_log_likelihood_over_alpha(model: BgadModel, images: torch.Tensor) -> None:
+    """The per-level maps the anomaly map is made of (also read by benchmarks/border.py), against FrEIA's flow."""
+    with torch.inference_mode():
+        normalized = model.normalized_maps(images[:2])
+        features = model.feature_extractor(images[:2])
+        assert len(normalized) == len(features) == model.num_levels
+        for level, (feature, level_map) in enumerate(zip(features, normalized, strict=True)):
+            batch, _, height, width = feature.shape
+            log_likelihood = model.fiber_log_likelihood(level, to_fibers(feature), (height, width))
+            expected = log_likelihood.view(batch, height, width) / model.boundary.normalizer
+            torch.testing.assert_close(level_map, expected, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("level_aggregation", ["max", "probability"])
 def test_other_level_aggregations_follow_their_formulas_and_stay_per_image(
     model: BgadModel, images: torch.Tensor, level_aggregation: str

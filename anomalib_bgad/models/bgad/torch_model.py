@@ -172,6 +172,17 @@ class BgadModel(nn.Module):
             maps.append(log_likelihood.reshape(batch, height, width))
         return maps
 
+    def normalized_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``ln_k = l_k / alpha`` for every position of every level: what the anomaly map is made of.
+
+        Args:
+            images (torch.Tensor): Pre-processed images ``(B, 3, H, W)``.
+
+        Returns:
+            list[torch.Tensor]: One ``(B, H_k, W_k)`` map per level.
+        """
+        return [self.boundary.normalize(level) for level in self.log_likelihood_maps(self.feature_extractor(images))]
+
     def forward(self, images: torch.Tensor) -> InferenceBatch | list[torch.Tensor]:
         """Score images.
 
@@ -186,9 +197,8 @@ class BgadModel(nn.Module):
             how far (in normalised log-likelihood) the image falls below the normal boundary learned in training.
             Every operation is per image: a score does not depend on the other images of the batch.
         """
-        maps = self.log_likelihood_maps(self.feature_extractor(images))
         if self.training:
-            return maps
-        normalized = [self.boundary.normalize(log_likelihood) for log_likelihood in maps]
+            return self.log_likelihood_maps(self.feature_extractor(images))
+        normalized = self.normalized_maps(images)
         anomaly_map = self.anomaly_map_generator(normalized, self.boundary, images.shape[-2:])
         return InferenceBatch(pred_score=self.image_score(anomaly_map), anomaly_map=anomaly_map)
