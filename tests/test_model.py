@@ -155,6 +155,14 @@ def test_invalid_init_args_are_rejected() -> None:
         Bgad(fiber_batch_size=0, coupling_blocks=1)
     with pytest.raises(ValueError, match="partial_fibers must be one of"):
         Bgad(partial_fibers="drop", coupling_blocks=1)
+    for tau in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"tau \(the margin b_n - b_a"):
+            Bgad(tau=tau, coupling_blocks=1)
+    with pytest.raises(ValueError, match="beta must be in"):
+        Bgad(beta=1.0, coupling_blocks=1)
+    with pytest.raises(ValueError, match="normalizer must be"):
+        Bgad(normalizer=0.0, coupling_blocks=1)
+    assert Bgad(tau=0.0, coupling_blocks=1).model.boundary.tau == 0.0  # b_a = b_n: the push stops at the boundary
     with pytest.raises(ValueError, match="condition_vector"):
         BgadModel(condition_vector=30, coupling_blocks=1)
 

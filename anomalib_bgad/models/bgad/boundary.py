@@ -41,11 +41,11 @@ class Boundary(nn.Module):
         num_levels (int): Number of feature levels ``K``.
         beta (float): Quantile of the normal ``ln`` that defines ``b_n``, in ``(0, 1)``. Defaults to ``0.01``
             (paper).
-        tau (float): Margin ``b_n - b_a``. Defaults to ``0.1`` (paper).
+        tau (float): Margin ``b_n - b_a``, finite and ``>= 0``. Defaults to ``0.1`` (paper).
         normalizer (float): ``alpha`` in ``ln = l / alpha``, ``> 0``. Defaults to ``10`` (paper).
 
     Raises:
-        ValueError: If ``beta`` is outside ``(0, 1)`` or ``normalizer <= 0``.
+        ValueError: If ``beta`` is outside ``(0, 1)``, ``normalizer <= 0`` or ``tau`` is negative or not finite.
     """
 
     def __init__(self, num_levels: int, beta: float = 0.01, tau: float = 0.1, normalizer: float = 10.0) -> None:
@@ -55,6 +55,9 @@ class Boundary(nn.Module):
             raise ValueError(msg)
         if normalizer <= 0:
             msg = f"normalizer must be > 0, got {normalizer}."
+            raise ValueError(msg)
+        if not 0 <= tau < float("inf"):
+            msg = f"tau (the margin b_n - b_a, paper Eq. 7; 0.1 in the paper) must be finite and >= 0, got {tau}."
             raise ValueError(msg)
         self.beta = beta
         self.tau = tau

@@ -97,7 +97,8 @@ class Bgad(AnomalibModule):
         fiber_batch_size (int): Fibers of the finest level per optimiser step (coarser levels contribute the same
             share of their positions); bounds training memory. Defaults to ``4096`` (authors).
         beta (float): Quantile of normal log-likelihoods that defines ``b_n``. Defaults to ``0.01`` (paper).
-        tau (float): Margin ``b_n - b_a``. Defaults to ``0.1`` (paper).
+        tau (float): Margin ``b_n - b_a``, finite and ``>= 0``. Defaults to ``0.1`` (paper); smaller values push
+            the seen defect types less far (model README, "Defaults").
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
         bgspp_weight (float): ``lambda``, weight of the BG-SPP loss. Defaults to ``1`` (paper).
         focal_weighting (bool): Authors' focal weighting of the loss terms. Defaults to ``False``.
