@@ -167,6 +167,26 @@ def test_invalid_init_args_are_rejected() -> None:
         BgadModel(condition_vector=30, coupling_blocks=1)
 
 
+def _first_flow_weights(monkeypatch: pytest.MonkeyPatch, global_seed: str | None, torch_seed: int) -> torch.Tensor:
+    """A fresh module's flow weights after the global RNG was left at ``torch_seed``."""
+    if global_seed is None:
+        monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    else:
+        monkeypatch.setenv("PL_GLOBAL_SEED", global_seed)
+    torch.manual_seed(torch_seed)
+    return torch.cat([p.detach().flatten() for p in Bgad(coupling_blocks=1).model.flows.parameters()])
+
+
+def test_unseeded_construction_gives_the_same_flows_and_a_seeded_one_keeps_the_callers_rng(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """anomalib's CLI never applies `seed_everything`: without a seed the module seeds 0 itself."""
+    unseeded = [_first_flow_weights(monkeypatch, None, torch_seed) for torch_seed in (1, 2)]
+    torch.testing.assert_close(unseeded[0], unseeded[1], rtol=0, atol=0)
+    seeded = [_first_flow_weights(monkeypatch, "7", torch_seed) for torch_seed in (1, 2)]
+    assert not torch.equal(seeded[0], seeded[1])  # whoever seeded owns the RNG: no reseeding
+
+
 class _LossRecorder:
     """Collect the epoch-level logged loss terms of a fit."""
 

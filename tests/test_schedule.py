@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +15,12 @@ from torch.utils.data import DataLoader
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.models.bgad import schedule
-from anomalib_bgad.models.bgad.schedule import FINAL_LR_FRACTION, INITIAL_LR_FRACTION, one_cycle_factor
+from anomalib_bgad.models.bgad.schedule import (
+    FINAL_LR_FRACTION,
+    INITIAL_LR_FRACTION,
+    one_cycle_factor,
+    warn_if_phase2_never_starts,
+)
 
 
 def test_one_cycle_warms_up_to_the_peak_then_decays_to_a_thousandth() -> None:
@@ -60,3 +67,17 @@ def test_a_fit_without_an_epoch_limit_trains_the_default_epochs(
     # The one-cycle schedule spans exactly the run: it ends at its final learning rate.
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(model.learning_rate * FINAL_LR_FRACTION, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "phase1_epochs", "trains_on_anomalies", "warns"),
+    [(1, 1, True, True), (0, 1, True, True), (2, 1, True, False), (1, 1, False, False), (None, 1, True, False)],
+)
+def test_an_epoch_limit_inside_phase_1_warns_that_the_anomalies_are_never_used(
+    caplog: pytest.LogCaptureFixture, max_epochs: int | None, phase1_epochs: int, trains_on_anomalies: bool, warns: bool
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.schedule"):
+        warn_if_phase2_never_starts(SimpleNamespace(max_epochs=max_epochs), phase1_epochs, trains_on_anomalies)
+    assert ("never trained on" in caplog.text) is warns
+    if warns:
+        assert "--trainer.max_epochs" in caplog.text

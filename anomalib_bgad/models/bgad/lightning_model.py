@@ -40,7 +40,7 @@ from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
@@ -68,7 +68,13 @@ from .image_score import DEFAULT_TOP_SHARE
 from .loss import BgadLoss
 from .numerics import NonFiniteTrainingError
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
-from .schedule import apply_default_epochs, build_optimizer, build_scheduler, check_schedule
+from .schedule import (
+    apply_default_epochs,
+    build_optimizer,
+    build_scheduler,
+    check_schedule,
+    warn_if_phase2_never_starts,
+)
 from .step_loss import position_group_loss
 from .torch_model import BgadModel
 
@@ -133,6 +139,10 @@ class Bgad(AnomalibModule):
         evaluator (Evaluator | bool): Evaluator or flag for the default. Defaults to ``True``.
         visualizer (Visualizer | bool): Visualizer or flag for the default. Defaults to ``True``.
 
+    The flows' initial weights come from the global RNG. If nothing has seeded it through Lightning's
+    ``seed_everything`` (``PL_GLOBAL_SEED`` unset, as under ``anomalib train``, whose ``seed_everything`` key is
+    parsed but not applied), the constructor seeds it with 0 first, so that a training run is reproducible.
+
     Raises:
         ValueError: For invalid arguments, naming the argument.
     """
@@ -170,6 +180,10 @@ class Bgad(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        if "PL_GLOBAL_SEED" not in os.environ:
+            # anomalib's CLI parses `seed_everything` but never applies it (anomalib 2.7): unseeded, the flows'
+            # initial weights would differ from run to run. 0 is the few-anomaly datamodules' default seed.
+            seed_everything(0, verbose=False)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -345,10 +359,12 @@ class Bgad(AnomalibModule):
         self._finish_epoch()
 
     def setup(self, stage: str) -> None:
-        """Give an unset epoch limit BGAD's default (:func:`.schedule.apply_default_epochs`)."""
+        """Give an unset epoch limit BGAD's default (:func:`.schedule.apply_default_epochs`); warn if the limit
+        leaves no phase 2 (:func:`.schedule.warn_if_phase2_never_starts`)."""
         super().setup(stage)
         if stage == "fit" and self._trainer is not None:
             apply_default_epochs(self._trainer)
+            warn_if_phase2_never_starts(self._trainer, self.phase1_epochs, self.trains_on_anomalies)
 
     def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; save the training state outside the state dict (:mod:`.checkpoint`).

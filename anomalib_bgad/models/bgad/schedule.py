@@ -136,3 +136,23 @@ def apply_default_epochs(trainer: Any) -> None:
             DEFAULT_MAX_EPOCHS,
         )
         trainer.fit_loop.max_epochs = DEFAULT_MAX_EPOCHS
+
+
+def warn_if_phase2_never_starts(trainer: Any, phase1_epochs: int, trains_on_anomalies: bool) -> None:
+    """Warn when the epoch limit ends training inside phase 1, so that the known anomalies are never used.
+
+    Args:
+        trainer (Any): The Lightning trainer, before the fit loop starts (after :func:`apply_default_epochs`).
+        phase1_epochs (int): The module's phase-1 length in epochs.
+        trains_on_anomalies (bool): Whether phase 2 would train on the known and pseudo anomalies.
+    """
+    max_epochs = trainer.max_epochs
+    if trains_on_anomalies and max_epochs is not None and 0 <= max_epochs <= phase1_epochs:
+        logger.warning(
+            "BGAD: max_epochs=%d <= phase1_epochs=%d: training ends in phase 1 (normal images, ML loss only), so the "
+            "known and pseudo anomalies are never trained on. Set --trainer.max_epochs above %d, or lower "
+            "--model.phase1_epochs.",
+            max_epochs,
+            phase1_epochs,
+            phase1_epochs,
+        )
