@@ -237,7 +237,7 @@ class HostReadCounter:
 
     A ``TorchFunctionMode`` (entered with this object) sees every torch call made from Python; a global optimiser
     hook counts the optimiser steps taken while active. The call site is the innermost frame outside torch, e.g.
-    ``anomalib_bgad/models/bgad/lightning_model.py:312 (training_step)``. Whether a read waits for a GPU depends
+    ``anomalib_bgad/models/bgad/training_loop.py:100 (training_step)``. Whether a read waits for a GPU depends
     on where its tensor lives there, which a CPU run cannot tell.
     """
 

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from anomalib_bgad import Bgad
-from anomalib_bgad.models.bgad import lightning_model
+from anomalib_bgad.models.bgad import training_loop
 from anomalib_bgad.models.bgad.fibers import fiber_generator
 from anomalib_bgad.models.bgad.lightning_model import NonFiniteTrainingError
 from anomalib_bgad.models.bgad.schedule import build_optimizer
@@ -176,7 +176,7 @@ def test_a_transient_nonfinite_step_is_skipped_counted_and_kept_out_of_the_bound
     With the fused Adam (CPU, CUDA) the skip happens on the device; with the plain Adam (devices without a fused
     kernel) on the host.
     """
-    monkeypatch.setattr(lightning_model, "build_optimizer", functools.partial(build_optimizer, fused=fused))
+    monkeypatch.setattr(training_loop, "build_optimizer", functools.partial(build_optimizer, fused=fused))
     model = small_model(small_bgad_kwargs)
     # Call 6 is epoch 1 (phase 2), batch 0, level 0 (2 batches x 1 step x 3 levels per epoch).
     counter = ChunkCounter(model, poisoned={6} if where == "log_likelihood" else set())
@@ -241,7 +241,7 @@ def test_nan_backbone_features_are_dropped_counted_and_the_image_named(
     recorder = EpochRecorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt")
     trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[recorder, checkpoints])
-    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.lightning_model"):
+    with caplog.at_level(logging.WARNING, logger="anomalib_bgad.models.bgad.numerics"):
         trainer.fit(model, train_dataloaders=loader(synthetic_batches(2)))
 
     assert [m["train_nonfinite_fibers"] for m in recorder.metrics] == [2.0, 2.0]  # one fiber per batch

@@ -11,6 +11,9 @@ Training runs in two phases:
 1. *boundary generating* (``phase1_epochs`` epochs): normal images only, maximum-likelihood loss;
 2. *boundary guided optimising*: normal + anomalous + pseudo-anomalous images, ML + BG-SPP loss.
 
+This module holds the model's arguments, evaluation, callbacks and export; the training loop is
+:class:`.training_loop.TwoPhaseTraining`, its base class.
+
 Example:
     >>> from anomalib.engine import Engine
     >>> from anomalib_bgad import Bgad
@@ -27,22 +30,19 @@ Note:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
-from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_bgad.callbacks import CheckpointPathHint, EpochLog, PredictionTable
 from anomalib_bgad.data.predict import use_project_reader
@@ -51,39 +51,22 @@ from anomalib_bgad.visualizer import ScoredImageVisualizer
 
 from . import checkpoint, numerics
 from .boundary_plot import BoundaryHistogram
-from .cuda_graphs import GraphedFlows
-from .distributed import is_distributed, max_over_ranks
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
 from .feature_extractor import EvalModeWarningFilter
-from .fibers import (
-    LabeledFibers,
-    batch_position_groups,
-    check_partial_fibers,
-    fiber_generator,
-    steps_per_batch,
-    training_fibers,
-)
+from .fibers import check_partial_fibers
 from .image_score import DEFAULT_TOP_SHARE
 from .loss import BgadLoss
 from .numerics import NonFiniteTrainingError
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
-from .schedule import (
-    apply_default_epochs,
-    build_optimizer,
-    build_scheduler,
-    check_schedule,
-    warn_if_phase2_never_starts,
-)
-from .step_loss import position_group_loss
+from .schedule import apply_default_epochs, check_schedule, warn_if_phase2_never_starts
 from .torch_model import BgadModel
-
-logger = logging.getLogger(__name__)
+from .training_loop import TwoPhaseTraining
 
 __all__ = ["Bgad", "NonFiniteTrainingError"]
 
 
-class Bgad(AnomalibModule):
+class Bgad(TwoPhaseTraining):
     """BGAD Lightning module.
 
     Args:
@@ -229,134 +212,9 @@ class Bgad(AnomalibModule):
         self.eval_mode_warning_filter = EvalModeWarningFilter()
 
     @property
-    def in_phase2(self) -> bool:
-        """Whether the current epoch is in phase 2 (boundary guided optimising)."""
-        return self.current_epoch >= self.phase1_epochs
-
-    @property
     def trains_on_anomalies(self) -> bool:
         """Tells few-anomaly datamodules to include labeled and pseudo anomalies (not for ``nfad``/``bgad_wo``)."""
         return self.loss.mode.uses_anomalies
-
-    def _select_images(self, batch: Batch) -> torch.Tensor:
-        """Images this phase and loss mode train on: phase 1 and anomaly-free ablations use normal ones only."""
-        labels = batch.gt_label
-        if labels is None or (self.in_phase2 and self.loss.mode.uses_anomalies):
-            return torch.ones(batch.image.shape[0], dtype=torch.bool)
-        return labels.cpu() == 0
-
-    def _training_fibers(self, batch: Batch, selected: torch.Tensor) -> LabeledFibers:
-        """The selected images' labeled fibers (``selected``: boolean ``(B,)`` on the CPU, read without a sync)."""
-        keep = selected.to(batch.image.device)
-        masks = batch.gt_mask[keep] if batch.gt_mask is not None else None
-        paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
-        backbone, cache = self.model.feature_extractor, self.feature_cache
-        return training_fibers(
-            batch.image[keep], masks, paths, backbone, cache, self.nonfinite_fibers, self.partial_fibers
-        )
-
-    def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
-        """Train on one batch: several optimiser steps, each over one position group of every level.
-
-        Numerics: nothing non-finite is stepped on (:mod:`.numerics`). Under DDP every rank takes the same steps
-        (a rank without images joins with zero-weighted fibers), the boundary is the quantile over the fibers of
-        all ranks and the skip decision is shared.
-
-        Args:
-            batch (Batch): Training batch with ``image``, ``gt_label`` and ``gt_mask``.
-            batch_idx (int): Index of the batch in the epoch.
-
-        Returns:
-            STEP_OUTPUT: ``None``: the optimiser is stepped here, the losses are logged per epoch.
-        """
-        device = batch.image.device
-        selected = self._select_images(batch)
-        count = max_over_ranks(int(selected.sum()), device)
-        if count == 0:
-            self._finish_epoch_if_last_batch(batch_idx)
-            return None
-        fibers = self._training_fibers(batch, selected)
-        finest = max(fibers.grids, key=lambda grid: grid[0] * grid[1])
-        num_steps = steps_per_batch(count, finest, self.fiber_batch_size)
-        generator = fiber_generator(self.current_epoch, batch_idx)
-        groups = batch_position_groups(fibers.grids, num_steps, generator, device)
-        for step in range(num_steps):
-            self._optimizer_step(fibers, [level[step] for level in groups])
-        self.guard.check_batch(f"epoch {self.current_epoch}, batch {batch_idx}")
-        if self.lr_schedule == "one_cycle" and (scheduler := self.lr_schedulers()) is not None:
-            scheduler.step()
-        self._finish_epoch_if_last_batch(batch_idx)
-        return None
-
-    def _optimizer_step(self, fibers: LabeledFibers, groups: list[torch.Tensor]) -> None:
-        """One optimiser step over one position group of every level; skipped on the device if non-finite."""
-        step = position_group_loss(self.model, self.loss, fibers, groups, self.in_phase2)
-        optimizer = self.optimizers()
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(step.total)
-        flows, finite = self.model.flows.parameters(), (step.log_likelihood_finite, step.loss_finite)
-        ok = numerics.guarded_step(optimizer, flows, *finite, self.guard, self.gradient_clip_norm)
-        for level, (b_n, valid) in enumerate(step.b_n):
-            self.model.boundary.accumulate(level, b_n, ok & valid)
-        self.epoch_record.add_step(step.terms, ok, step.anomalous_fibers)
-
-    def _finish_epoch_if_last_batch(self, batch_idx: int) -> None:
-        """Apply the epoch's boundary/LR update right after its last batch, before epoch-end validation."""
-        if self._trainer is None:
-            return
-        last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if last or batch_idx + 1 >= self.trainer.num_training_batches:
-            self._finish_epoch()
-
-    def _finish_epoch(self) -> None:
-        """Store the epoch's mean boundary per level, step the per-epoch LR schedule and log, once per epoch.
-
-        Runs at the end of the epoch's last training step, so that the validation at the end of the epoch (which
-        Lightning runs *before* ``on_train_epoch_end``) and any checkpoint written after that step see the
-        epoch's boundary and learning rate. ``on_train_epoch_end`` calls it again (no-op) to cover epochs cut
-        short, e.g. by ``max_steps``.
-
-        Raises:
-            NonFiniteTrainingError: If more than half of the epoch's steps were skipped, or the flows' weights
-                became non-finite.
-        """
-        if self.epoch_record.finished_epoch == self.current_epoch:
-            return
-        skipped = self.guard.finish_epoch(self.current_epoch)
-        self.model.boundary.finish_epoch()
-        numerics.check_finite_flows(self.model.flows, self.guard)
-        metrics = self.epoch_record.finish(self.in_phase2 and self.loss.mode.uses_anomalies)
-        if self.lr_schedule == "cosine" and (scheduler := self.lr_schedulers()) is not None:
-            scheduler.step()
-        self.epoch_record.finished_epoch = self.current_epoch
-        metrics.update({f"boundary_level{level}": b_n for level, b_n in enumerate(self.model.boundary.b_n.tolist())})
-        metrics["train_nonfinite_steps"] = float(skipped)
-        metrics["train_nonfinite_fibers"] = float(self.nonfinite_fibers.reset_count())
-        # Logged here (inside the last training step) so that callbacks see them in their on_train_epoch_end.
-        self.log("train_loss", metrics.pop("train_loss"), on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
-        if self.feature_cache is not None:
-            self.feature_cache.end_epoch()
-
-    def on_fit_start(self) -> None:
-        """Train the flows through CUDA graphs on a (single) CUDA device, if ``cuda_graphs``; silence Lightning's
-        warning about the frozen backbone's eval-mode modules, which it gives just before ``on_train_start``."""
-        single_cuda = self.device.type == "cuda" and not is_distributed()
-        self.model.graphed_flows = GraphedFlows(self.model.flows) if self.cuda_graphs and single_cuda else None
-        self.eval_mode_warning_filter.start()
-
-    def on_train_start(self) -> None:
-        """Restore the warning filters: the eval-mode warning has been given, training's own warnings show."""
-        self.eval_mode_warning_filter.stop()
-
-    def on_fit_end(self) -> None:
-        """Release the graphs (and their memory pools); restore the warning filters if training never started."""
-        self.model.graphed_flows = None
-        self.eval_mode_warning_filter.stop()
-
-    def on_train_epoch_end(self) -> None:
-        """Finish the epoch if its last step did not (e.g. stopped by ``max_steps``)."""
-        self._finish_epoch()
 
     def setup(self, stage: str) -> None:
         """Give an unset epoch limit BGAD's default (:func:`.schedule.apply_default_epochs`); warn if the limit
@@ -451,15 +309,6 @@ class Bgad(AnomalibModule):
     def configure_visualizer(cls) -> ScoredImageVisualizer:
         """anomalib's image visualiser with the score and a colour scale, labels beside the image."""
         return ScoredImageVisualizer()
-
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Adam on the flows with the ``lr_schedule`` (:mod:`.schedule`)."""
-        optimizer = build_optimizer(self.model.flows.parameters(), self.learning_rate)
-        trainer = self._trainer
-        max_epochs = trainer.max_epochs if trainer is not None else None
-        total_batches = trainer.estimated_stepping_batches if trainer is not None else float("inf")
-        scheduler = build_scheduler(self.lr_schedule, optimizer, self.learning_rate, max_epochs, total_batches)
-        return optimizer if scheduler is None else ([optimizer], [scheduler])
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
