@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -68,7 +69,6 @@ def standardized_map(maps: list[torch.Tensor], spreads: torch.Tensor) -> torch.T
 
 def measure(config: str, category: str, seed: int) -> dict[str, Any]:
     """Train ``config`` on the study's one-class split; image AUROC of every score, pixel metrics of both maps."""
-    from anomalib.metrics import AUPRO
     from sklearn.metrics import roc_auc_score
 
     model, datamodule = train_one_class(config, category, seed, Path("results/studies/levels"))
@@ -97,17 +97,22 @@ def measure(config: str, category: str, seed: int) -> dict[str, Any]:
         "spread": spreads.tolist(),
         "image_AUROC": {name: float(roc_auc_score(y.numpy(), s.numpy())) for name, s in scores.items()},
     }
-    for name, anomaly_map in (
-        ("map", torch.stack(levels).mean(0)),
-        ("standardized_map", standardized_map(levels, spreads)),
-    ):
-        aupro = AUPRO(fpr_limit=0.3)
-        aupro.update(anomaly_map.unsqueeze(1), mask.unsqueeze(1).int())
-        result[name] = {
-            "pixel_AUROC": float(roc_auc_score(mask.flatten().numpy(), anomaly_map.flatten().numpy())),
-            "pixel_AUPRO": float(aupro.compute()),
-        }
+    result["map"] = pixel_metrics(torch.stack(levels).mean(0), mask)
+    result["standardized_map"] = pixel_metrics(standardized_map(levels, spreads), mask)
     return result
+
+
+def pixel_metrics(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """Pixel AUROC and AUPRO (FPR limit 0.3, as the model's evaluator) of ``(N, H, W)`` maps and boolean masks."""
+    from anomalib.metrics import AUPRO
+    from sklearn.metrics import roc_auc_score
+
+    aupro = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
+    aupro.update(SimpleNamespace(anomaly_map=anomaly_maps, gt_mask=masks.int()))
+    return {
+        "pixel_AUROC": float(roc_auc_score(masks.flatten().numpy(), anomaly_maps.flatten().numpy())),
+        "pixel_AUPRO": float(aupro.compute()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

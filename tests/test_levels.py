@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_bgad.models.bgad.image_score import top_share_mean
 from anomalib_bgad.models.bgad.torch_model import BgadModel
-from benchmarks.levels import image_scores, level_maps, standardized_map
+from benchmarks.levels import image_scores, level_maps, pixel_metrics, standardized_map
 
 
 def test_the_level_maps_average_to_the_models_anomaly_map() -> None:
@@ -46,3 +46,12 @@ def test_standardizing_lets_a_small_scale_level_rank_the_images() -> None:
     torch.testing.assert_close(scores["level_mean"], (scores["level0"] + scores["level1"]) / 2)
     torch.testing.assert_close(standardized_map([noise, defects], spreads), (noise / 10 + defects / 0.1) / 2)
     assert scores["level0"].tolist() == pytest.approx(top_share_mean(noise, 0.1).tolist())
+
+
+def test_pixel_metrics_of_a_perfect_and_a_reversed_map() -> None:
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = masks[1, 8:12, 9:13] = True
+    perfect = pixel_metrics(masks.float(), masks)
+    assert perfect["pixel_AUROC"] == 1.0 and perfect["pixel_AUPRO"] == pytest.approx(1.0)
+    reversed_map = pixel_metrics(1 - masks.float(), masks)
+    assert reversed_map["pixel_AUROC"] == 0.0 and reversed_map["pixel_AUPRO"] < 0.01
