@@ -30,7 +30,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from anomalib_bgad.models.bgad.image_score import top_share_mean
 from benchmarks.border import OUTPUT, train_one_class
@@ -43,22 +42,26 @@ def level_maps(net: Any, normalized: list[torch.Tensor], image_size: tuple[int, 
 
     The model's ``mean`` map is the mean of these (upsampling and smoothing are linear).
     """
-    generator, maps = net.anomaly_map_generator, []
-    for level, log_likelihood in enumerate(normalized):
-        distance = net.boundary.distance(level, log_likelihood).unsqueeze(1)
-        upsampled = F.interpolate(distance, size=image_size, mode="bilinear")
-        maps.append((generator.smooth(upsampled) if generator.blur is not None else upsampled)[:, 0])
-    return maps
+    generator = net.anomaly_map_generator
+    upsampled = generator.upsampled_levels(normalized, net.boundary, image_size)
+    return [(generator.smooth(level) if generator.blur is not None else level)[:, 0] for level in upsampled]
 
 
-def image_scores(maps: list[torch.Tensor], spreads: torch.Tensor, top_share: float = TOP_SHARE) -> dict[str, Any]:
-    """The image scores of the module docstring from per-level maps ``(N, H, W)`` and spreads ``s_k`` ``(K,)``."""
+def combined_maps(maps: list[torch.Tensor], spreads: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The two anomaly maps made of all levels, ``(N, H, W)`` each: ``map`` and ``standardized_map``."""
+    return {"map": torch.stack(maps).mean(0), "standardized_map": standardized_map(maps, spreads)}
+
+
+def image_scores(
+    maps: list[torch.Tensor], combined: dict[str, torch.Tensor], top_share: float = TOP_SHARE
+) -> dict[str, Any]:
+    """The image scores of the module docstring from per-level maps ``(N, H, W)`` and :func:`combined_maps`."""
     per_level = [top_share_mean(level_map, top_share) for level_map in maps]
     return {
-        "map": top_share_mean(torch.stack(maps).mean(0), top_share),
+        "map": top_share_mean(combined["map"], top_share),
         **{f"level{level}": score for level, score in enumerate(per_level)},
         "level_mean": torch.stack(per_level).mean(0),
-        "standardized_map": top_share_mean(standardized_map(maps, spreads), top_share),
+        "standardized_map": top_share_mean(combined["standardized_map"], top_share),
     }
 
 
@@ -92,14 +95,13 @@ def measure(config: str, category: str, seed: int) -> dict[str, Any]:
     spreads = medians - net.boundary.b_n
     levels = [torch.cat([b[k] for b in maps]) for k in range(net.num_levels)]
     y, mask = torch.cat(labels), torch.cat(masks).reshape(-1, *levels[0].shape[-2:])
-    scores = image_scores(levels, spreads)
-    result: dict[str, Any] = {
+    combined = combined_maps(levels, spreads)
+    scores = image_scores(levels, combined)
+    return {
         "spread": spreads.tolist(),
         "image_AUROC": {name: float(roc_auc_score(y.numpy(), s.numpy())) for name, s in scores.items()},
+        **{name: pixel_metrics(anomaly_map, mask) for name, anomaly_map in combined.items()},
     }
-    result["map"] = pixel_metrics(torch.stack(levels).mean(0), mask)
-    result["standardized_map"] = pixel_metrics(standardized_map(levels, spreads), mask)
-    return result
 
 
 def pixel_metrics(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_bgad.models.bgad.image_score import top_share_mean
 from anomalib_bgad.models.bgad.torch_model import BgadModel
-from benchmarks.levels import image_scores, level_maps, pixel_metrics, standardized_map
+from benchmarks.levels import combined_maps, image_scores, level_maps, pixel_metrics, standardized_map
 
 
 def test_the_level_maps_average_to_the_models_anomaly_map() -> None:
@@ -23,7 +23,7 @@ def test_the_level_maps_average_to_the_models_anomaly_map() -> None:
         prediction = model(images)
     assert [tuple(m.shape) for m in maps] == [(2, 64, 64)] * 3
     torch.testing.assert_close(torch.stack(maps).mean(0), prediction.anomaly_map[:, 0], atol=1e-5, rtol=0)
-    scores = image_scores(maps, torch.ones(3), top_share=0.05)
+    scores = image_scores(maps, combined_maps(maps, torch.ones(3)), top_share=0.05)
     torch.testing.assert_close(scores["map"], prediction.pred_score, atol=1e-5, rtol=0)
 
 
@@ -36,7 +36,7 @@ def test_standardizing_lets_a_small_scale_level_rank_the_images() -> None:
     defects[6:, 4:8, 4:8] += 1.0  # level 1: the anomalous images' defects
     spreads = torch.tensor([10.0, 0.1])
 
-    scores = image_scores([noise, defects], spreads, top_share=0.1)
+    scores = image_scores([noise, defects], combined_maps([noise, defects], spreads), top_share=0.1)
 
     def auroc(name: str) -> float:
         return roc_auc_score(labels.numpy(), scores[name].numpy())

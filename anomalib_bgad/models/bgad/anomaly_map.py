@@ -78,17 +78,28 @@ class AnomalyMapGenerator(nn.Module):
         Returns:
             torch.Tensor: Anomaly map of shape ``(B, 1, H, W)``.
         """
+        levels = self.upsampled_levels(normalized_log_likelihoods, boundary, image_size)
+        if self.level_aggregation == "max":
+            anomaly_map = torch.stack(levels).amax(dim=0)
+        else:
+            anomaly_map = torch.stack(levels).mean(dim=0)
+        return self.smooth(anomaly_map) if self.blur is not None else anomaly_map
+
+    def upsampled_levels(
+        self,
+        normalized_log_likelihoods: list[torch.Tensor],
+        boundary: Boundary,
+        image_size: tuple[int, int] | torch.Size,
+    ) -> list[torch.Tensor]:
+        """Each level's term of the map before aggregation and smoothing: ``d_k`` (or, for ``"probability"``,
+        ``1 - exp(-alpha * max(d_k, 0))``) upsampled bilinearly to ``image_size``, ``(B, 1, H, W)`` per level."""
         levels = []
         for level, log_likelihood in enumerate(normalized_log_likelihoods):
             distance = boundary.distance(level, log_likelihood)
             if self.level_aggregation == "probability":
                 distance = 1 - torch.exp(-boundary.normalizer * distance.clamp(min=0))
             levels.append(F.interpolate(distance.unsqueeze(1), size=tuple(image_size), mode="bilinear"))
-        if self.level_aggregation == "max":
-            anomaly_map = torch.stack(levels).amax(dim=0)
-        else:
-            anomaly_map = torch.stack(levels).mean(dim=0)
-        return self.smooth(anomaly_map) if self.blur is not None else anomaly_map
+        return levels
 
     def smooth(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Gaussian smoothing, the same as anomalib's ``GaussianBlur2d`` (reflect padding) but separable.
