@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from anomalib_bgad.models.bgad.image_score import top_share_mean
 from benchmarks.border import OUTPUT, train_one_class
+from benchmarks.worker import pixel_metrics
 
 TOP_SHARE = 0.01  # the package's default image score
 
@@ -44,7 +44,7 @@ def level_maps(net: Any, normalized: list[torch.Tensor], image_size: tuple[int, 
     """
     generator = net.anomaly_map_generator
     upsampled = generator.upsampled_levels(normalized, net.boundary, image_size)
-    return [(generator.smooth(level) if generator.blur is not None else level)[:, 0] for level in upsampled]
+    return [generator.smooth(level)[:, 0] for level in upsampled]
 
 
 def combined_maps(maps: list[torch.Tensor], spreads: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -101,19 +101,6 @@ def measure(config: str, category: str, seed: int) -> dict[str, Any]:
         "spread": spreads.tolist(),
         "image_AUROC": {name: float(roc_auc_score(y.numpy(), s.numpy())) for name, s in scores.items()},
         **{name: pixel_metrics(anomaly_map, mask) for name, anomaly_map in combined.items()},
-    }
-
-
-def pixel_metrics(anomaly_maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """Pixel AUROC and AUPRO (FPR limit 0.3, as the model's evaluator) of ``(N, H, W)`` maps and boolean masks."""
-    from anomalib.metrics import AUPRO
-    from sklearn.metrics import roc_auc_score
-
-    aupro = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
-    aupro.update(SimpleNamespace(anomaly_map=anomaly_maps, gt_mask=masks.int()))
-    return {
-        "pixel_AUROC": float(roc_auc_score(masks.flatten().numpy(), anomaly_maps.flatten().numpy())),
-        "pixel_AUPRO": float(aupro.compute()),
     }
 
 

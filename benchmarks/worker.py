@@ -82,7 +82,6 @@ def compute_metrics(predictions: list[Any]) -> dict[str, float]:
     the validation split, but clamps to [0, 1], which ties scores outside the validation range. A linear map
     over the evaluated split itself does neither and leaves every rank, hence every AUROC/AUPRO, unchanged.
     """
-    import math
     from types import SimpleNamespace
 
     import torch
@@ -95,8 +94,23 @@ def compute_metrics(predictions: list[Any]) -> dict[str, float]:
         msg = "the model produced NaN/Inf scores or anomaly maps"
         raise FloatingPointError(msg)
     batch = SimpleNamespace(pred_score=_min_max(scores), gt_label=labels, anomaly_map=_min_max(maps), gt_mask=masks)
+    return metric_values(batch, build_metrics())
+
+
+def pixel_metrics(anomaly_maps: Any, masks: Any) -> dict[str, float]:
+    """Pixel AUROC and AUPRO of ``(N, H, W)`` anomaly maps and masks, scored as :func:`compute_metrics` scores them."""
+    from types import SimpleNamespace
+
+    batch = SimpleNamespace(anomaly_map=_min_max(anomaly_maps), gt_mask=masks.int())
+    return metric_values(batch, [metric for metric in build_metrics() if metric.fields[0] == "anomaly_map"])
+
+
+def metric_values(batch: Any, metrics: list[Any]) -> dict[str, float]:
+    """Each metric's value on ``batch``, a whole split at once; NaN where a metric is undefined."""
+    import math
+
     results = {}
-    for metric in build_metrics():
+    for metric in metrics:
         metric.update(batch)
         value = float(metric.compute())
         results[metric.name if hasattr(metric, "name") else str(metric)] = value if math.isfinite(value) else math.nan

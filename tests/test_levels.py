@@ -9,7 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_bgad.models.bgad.image_score import top_share_mean
 from anomalib_bgad.models.bgad.torch_model import BgadModel
-from benchmarks.levels import combined_maps, image_scores, level_maps, pixel_metrics, standardized_map
+from benchmarks.levels import combined_maps, image_scores, level_maps, standardized_map
+from benchmarks.worker import pixel_metrics
 
 
 def test_the_level_maps_average_to_the_models_anomaly_map() -> None:

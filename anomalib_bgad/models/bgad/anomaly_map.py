@@ -83,7 +83,7 @@ class AnomalyMapGenerator(nn.Module):
             anomaly_map = torch.stack(levels).amax(dim=0)
         else:
             anomaly_map = torch.stack(levels).mean(dim=0)
-        return self.smooth(anomaly_map) if self.blur is not None else anomaly_map
+        return self.smooth(anomaly_map)
 
     def upsampled_levels(
         self,
@@ -112,8 +112,10 @@ class AnomalyMapGenerator(nn.Module):
             anomaly_map (torch.Tensor): ``(B, 1, H, W)``.
 
         Returns:
-            torch.Tensor: Smoothed map, same shape.
+            torch.Tensor: Smoothed map, same shape; ``anomaly_map`` itself when smoothing is off (``sigma`` 0).
         """
+        if self.blur is None:
+            return anomaly_map
         kernel = self.blur.kernel[0, 0]
         padded = F.pad(anomaly_map, self.blur.padding_shape, mode=self.blur.border_type)
         vertical = F.conv2d(padded, kernel.sum(dim=1).view(1, 1, -1, 1))
