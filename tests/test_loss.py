@@ -64,6 +64,25 @@ def test_empty_selections_give_zero_not_nan() -> None:
     assert masked_mean(torch.tensor([]), torch.tensor([], dtype=torch.bool)).item() == 0.0
 
 
+def test_fiber_weights_make_every_term_a_weighted_mean() -> None:
+    log_likelihood = torch.tensor([-1.0, -3.0, -5.0, -2.0, -4.0, -9.0])
+    anomalous = torch.tensor([False, False, False, True, True, True])
+    weights = torch.tensor([3.0, 1.0, 2.0, 0.5, 1.0, 7.0])
+    b_n = torch.tensor(-0.4)
+    terms = BgadLoss("bgad")(log_likelihood, log_likelihood / 10, ~anomalous, anomalous, b_n, b_n - 0.1, True, weights)
+    ml = -F.logsigmoid(log_likelihood[:3])
+    assert terms.ml.item() == pytest.approx(((ml * weights[:3]).sum() / 6).item(), abs=1e-6)
+    assert terms.pull.item() == pytest.approx(0.1, abs=1e-6)  # one fiber below b_n: its weight cancels
+    assert terms.push.item() == pytest.approx((0.5 * 0.3 + 1.0 * 0.1) / 1.5, abs=1e-6)  # -0.9 is not pushed
+    unit = BgadLoss("bgad")(log_likelihood, log_likelihood / 10, ~anomalous, anomalous, b_n, b_n - 0.1, True)
+    ones = BgadLoss("bgad")(
+        log_likelihood, log_likelihood / 10, ~anomalous, anomalous, b_n, b_n - 0.1, True, torch.ones(6)
+    )
+    torch.testing.assert_close(torch.stack(list(ones)), torch.stack(list(unit)))
+    # A selection whose weights are all 0 counts as empty: 0, not NaN.
+    assert masked_mean(torch.tensor([1.0, 2.0]), torch.tensor([True, False]), torch.tensor([0.0, 1.0])).item() == 0
+
+
 def test_dagger_pushes_every_anomaly_without_bound() -> None:
     log_likelihood = torch.tensor([-1.0, -2.0, -9.0])
     anomalous = torch.tensor([False, True, True])

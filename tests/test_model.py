@@ -155,6 +155,9 @@ def test_invalid_init_args_are_rejected() -> None:
         Bgad(fiber_batch_size=0, coupling_blocks=1)
     with pytest.raises(ValueError, match="partial_fibers must be one of"):
         Bgad(partial_fibers="drop", coupling_blocks=1)
+    for border_weight in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="border_weight must be a finite number >= 0"):
+            Bgad(border_weight=border_weight, coupling_blocks=1)
     for tau in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"tau \(the margin b_n - b_a"):
             Bgad(tau=tau, coupling_blocks=1)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch import seed_everything
 
-from anomalib_bgad.models.bgad.fibers import label_fibers, to_fibers
+from anomalib_bgad.models.bgad.fibers import border_weights, label_fibers, to_fibers
 from anomalib_bgad.models.bgad.loss import BgadLoss
 from anomalib_bgad.models.bgad.numerics import step_unless_nonfinite
 from anomalib_bgad.models.bgad.schedule import build_optimizer
@@ -93,6 +93,34 @@ def test_step_loss_sums_the_levels_and_adds_the_boundary_terms_in_phase_2(model_
         assert bool(valid) and torch.isfinite(b_n)
 
 
+def test_border_weight_weighs_each_levels_outermost_ring_in_the_ml_term(model_and_features) -> None:
+    model, features = model_and_features  # 64 px input: grids 16, 8 and 4
+    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    masks = torch.zeros(2, 64, 64)
+    masks[1, :32, :32] = 1
+    ring = border_weights((4, 4), 3.0, torch.device("cpu"))
+    assert ring.sum().item() == 12 * 3.0 + 4  # 12 ring positions at weight 3, the 2 x 2 interior at 1
+    assert label_fibers(features, finite, masks).weights is None  # border_weight 1: the paper's unweighted loss
+    fibers = label_fibers(features, finite, masks, border_weight=3.0)
+    # Position groups in shuffled order: each fiber must keep its own position's weight.
+    groups = [
+        torch.randperm(height * width, generator=torch.Generator().manual_seed(1)) for height, width in fibers.grids
+    ]
+    with torch.no_grad():
+        step = position_group_loss(model, BgadLoss("bgad"), fibers, groups, with_boundary_terms=False)
+        reference = 0.0
+        for level, grid in enumerate(fibers.grids):
+            ml = -F.logsigmoid(model.fiber_log_likelihood(level, to_fibers(features[level]), grid))
+            weights = border_weights(grid, 3.0, torch.device("cpu")).reshape(-1).repeat(2)
+            normal = fibers.normal[level].reshape(-1)
+            reference = reference + (ml * weights)[normal].sum() / weights[normal].sum()
+        unweighted = position_group_loss(model, BgadLoss("bgad"), label_fibers(features, finite, masks), groups, False)
+    torch.testing.assert_close(step.total, reference)
+    assert abs(step.total - unweighted.total) > 1e-4  # random features: the border fibers' ML differs
+    with pytest.raises(ValueError, match="border_weight must be a finite number >= 0"):
+        label_fibers(features, finite, masks, border_weight=-1.0)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_a_non_finite_step_leaves_the_weights_alone(fused: bool) -> None:
     weight = torch.nn.Parameter(torch.ones(3))
@@ -104,7 +132,7 @@ def test_a_non_finite_step_leaves_the_weights_alone(fused: bool) -> None:
     assert bool((weight.detach() < 1).all())
 
 
-def test_the_module_labels_training_fibers_with_its_partial_fibers_rule() -> None:
+def test_the_module_labels_and_weighs_training_fibers_with_its_partial_fibers_and_border_weight() -> None:
     from anomalib.data import ImageBatch
 
     from anomalib_bgad import Bgad
@@ -118,6 +146,9 @@ def test_the_module_labels_training_fibers_with_its_partial_fibers_rule() -> Non
         module = Bgad(partial_fibers=rule, coupling_blocks=1, pre_trained=False, cache_features=False)
         fibers = module._training_fibers(batch, selected)
         counts[rule] = [int(level.sum()) for level in fibers.normal]
+    weighted = Bgad(border_weight=2.0, coupling_blocks=1, pre_trained=False, cache_features=False)
+    weights = weighted._training_fibers(batch, selected).weights
+    assert [level.sum().item() for level in weights] == [256 + 60, 64 + 28, 16 + 12]
     # 64 px input, grids 16 / 8 / 4: the line's cells are one row per level; nearest keeps only the finest's.
     assert counts["normal"] == [2 * 256 - 16, 2 * 64, 2 * 16]
     assert counts["ignore"] == [2 * 256 - 16, 2 * 64 - 8, 2 * 16 - 4]

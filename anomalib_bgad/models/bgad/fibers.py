@@ -63,12 +63,15 @@ class LabeledFibers(NamedTuple):
         normal (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: finite fibers outside the masks.
         anomalous (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: finite fibers inside the masks.
         grids (list[tuple[int, int]]): Per level, ``(H_k, W_k)``.
+        weights (list[torch.Tensor] | None): Per level, ``(H_k, W_k)``: each position's weight in the loss
+            (:func:`border_weights`); ``None`` weighs every fiber alike.
     """
 
     features: list[torch.Tensor]
     normal: list[torch.Tensor]
     anomalous: list[torch.Tensor]
     grids: list[tuple[int, int]]
+    weights: list[torch.Tensor] | None = None
 
 
 PARTIAL_FIBERS = ("normal", "ignore")
@@ -81,11 +84,42 @@ def check_partial_fibers(partial_fibers: str) -> None:
         raise ValueError(msg)
 
 
+def check_border_weight(border_weight: float) -> None:
+    """Raise ``ValueError`` naming the argument unless ``border_weight`` is finite and ``>= 0``."""
+    if not math.isfinite(border_weight) or border_weight < 0:
+        msg = (
+            f"border_weight must be a finite number >= 0 (1 weighs border fibers like the others), got {border_weight}."
+        )
+        raise ValueError(msg)
+
+
+def border_weights(grid: tuple[int, int], border_weight: float, device: torch.device) -> torch.Tensor:
+    """Loss weight of every position of a level: ``border_weight`` on its outermost ring of positions, else 1.
+
+    The ring is one position wide at every level: the positions whose cell touches the image border. Their
+    receptive field reaches furthest past the border (into the reflection padding of
+    :class:`.feature_extractor.FrozenFeatureExtractor`), and on normal test images it is where the coarsest level's
+    distance ``b_n - ln`` peaks (``benchmarks/border.py``). Not in the paper, whose loss weighs all fibers alike.
+
+    Args:
+        grid (tuple[int, int]): ``(H_k, W_k)``.
+        border_weight (float): Weight of the ring's fibers relative to the others' (``>= 0``).
+        device (torch.device): Device of the weights.
+
+    Returns:
+        torch.Tensor: Float ``(H_k, W_k)``.
+    """
+    weights = torch.full(grid, float(border_weight), device=device)
+    weights[1:-1, 1:-1] = 1.0
+    return weights
+
+
 def label_fibers(
     features: list[torch.Tensor],
     finite: list[torch.Tensor],
     masks: torch.Tensor | None,
     partial_fibers: str = "normal",
+    border_weight: float = 1.0,
 ) -> LabeledFibers:
     """Label every fiber normal or anomalous by its image's pixel mask (:func:`downsample_mask`).
 
@@ -100,14 +134,18 @@ def label_fibers(
             ones are in neither selection).
         masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks; ``None`` means all normal.
         partial_fibers (str): ``"normal"`` (paper) or ``"ignore"``. Defaults to ``"normal"``.
+        border_weight (float): Loss weight of the fibers on each level's outermost ring of positions
+            (:func:`border_weights`); ``1`` (paper) leaves ``weights`` ``None``. Defaults to ``1``.
 
     Returns:
-        LabeledFibers: The features with their labels on the features' device.
+        LabeledFibers: The features with their labels (and weights) on the features' device.
 
     Raises:
-        ValueError: If ``partial_fibers`` is not one of :data:`PARTIAL_FIBERS`.
+        ValueError: If ``partial_fibers`` is not one of :data:`PARTIAL_FIBERS`, or ``border_weight`` is negative or
+            not finite.
     """
     check_partial_fibers(partial_fibers)
+    check_border_weight(border_weight)
     grids = [tuple(level.shape[-2:]) for level in features]
     device, batch_size = features[0].device, features[0].shape[0]
     known = [downsample_mask(masks, grid, batch_size).to(device) for grid in grids]
@@ -116,7 +154,8 @@ def label_fibers(
         touched = [downsample_mask(masks, grid, batch_size, any_pixel=True).to(device) for grid in grids]
     normal = [~mask & ok for mask, ok in zip(touched, finite, strict=True)]
     anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
-    return LabeledFibers(features, normal, anomalous, grids)
+    weights = None if border_weight == 1 else [border_weights(grid, border_weight, device) for grid in grids]
+    return LabeledFibers(features, normal, anomalous, grids, weights)
 
 
 def training_fibers(
@@ -127,6 +166,7 @@ def training_fibers(
     cache: Callable[[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]], list[torch.Tensor]] | None,
     drop_nonfinite: Callable[[list[torch.Tensor], Sequence[str]], tuple[list[torch.Tensor], list[torch.Tensor]]],
     partial_fibers: str,
+    border_weight: float = 1.0,
 ) -> LabeledFibers:
     """A training batch's labeled fibers: backbone features, non-finite fibers zeroed and unlabeled.
 
@@ -142,6 +182,7 @@ def training_fibers(
         drop_nonfinite (Callable): Features and paths to the features with non-finite fibers zeroed and the
             per-level finite masks (:class:`.numerics.NonFiniteFibers`).
         partial_fibers (str): How fibers partly covered by a mask count (:func:`label_fibers`).
+        border_weight (float): Loss weight of the border fibers (:func:`label_fibers`). Defaults to ``1``.
 
     Returns:
         LabeledFibers: See :func:`label_fibers`.
@@ -149,9 +190,9 @@ def training_fibers(
     if images.shape[0] == 0:
         features = backbone(images.new_zeros(1, *images.shape[1:]))
         unused = [torch.zeros_like(level[:, 0]).bool() for level in features]
-        return label_fibers([level * 0.0 for level in features], unused, None)
+        return label_fibers([level * 0.0 for level in features], unused, None, border_weight=border_weight)
     features = cache(images, backbone) if cache is not None else backbone(images)
-    return label_fibers(*drop_nonfinite(features, paths), masks, partial_fibers)
+    return label_fibers(*drop_nonfinite(features, paths), masks, partial_fibers, border_weight)
 
 
 def fiber_generator(epoch: int, batch_idx: int) -> torch.Generator:

@@ -54,7 +54,7 @@ from .boundary_plot import BoundaryHistogram
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
 from .feature_extractor import EvalModeWarningFilter
-from .fibers import check_partial_fibers
+from .fibers import check_border_weight, check_partial_fibers
 from .image_score import DEFAULT_TOP_SHARE
 from .loss import BgadLoss
 from .numerics import NonFiniteTrainingError
@@ -94,6 +94,9 @@ class Bgad(TwoPhaseTraining):
         partial_fibers (str): Training fibers whose cell is partly covered by a known or pseudo anomaly's mask but
             that nearest downsampling labels normal: ``"normal"`` (paper) or ``"ignore"`` (in neither the normal
             nor the anomalous selection; :func:`.fibers.label_fibers`). Defaults to ``"normal"``.
+        border_weight (float): Weight, in every loss term, of the training fibers on each level's outermost ring of
+            positions relative to the others' (:func:`.fibers.border_weights`); finite and ``>= 0``. Defaults to
+            ``1`` (paper: all fibers alike; model README, "Image borders").
         condition_vector (int): Positional condition size. Defaults to ``128``.
         coupling_blocks (int): Coupling blocks per flow. Defaults to ``8``.
         clamp_alpha (float): Affine clamping. Defaults to ``1.9``.
@@ -146,6 +149,7 @@ class Bgad(TwoPhaseTraining):
         bgspp_weight: float = 1.0,
         focal_weighting: bool = False,
         partial_fibers: str = "normal",
+        border_weight: float = 1.0,
         condition_vector: int = 128,
         coupling_blocks: int = 8,
         clamp_alpha: float = 1.9,
@@ -179,6 +183,7 @@ class Bgad(TwoPhaseTraining):
                 raise ValueError(msg)
         check_schedule(lr_schedule)
         check_partial_fibers(partial_fibers)
+        check_border_weight(border_weight)
         self.automatic_optimization = False  # several optimiser steps per batch (fiber position groups)
         self.model = BgadModel(
             backbone=backbone,
@@ -199,6 +204,7 @@ class Bgad(TwoPhaseTraining):
         self.loss = BgadLoss(mode=loss_mode, bgspp_weight=bgspp_weight, focal_weighting=focal_weighting)
         self.phase1_epochs = phase1_epochs
         self.partial_fibers = partial_fibers
+        self.border_weight = border_weight
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.fiber_batch_size = fiber_batch_size

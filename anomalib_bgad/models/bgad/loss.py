@@ -54,11 +54,15 @@ class LossTerms(NamedTuple):
     push: torch.Tensor
 
 
-def masked_mean(values: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values[selection]``; 0 (with gradient) for an empty selection. Unselected values never leak in,
-    not even as NaN or Inf."""
-    total = torch.where(selection, values, 0.0).sum()
-    return total / selection.sum().clamp(min=1).to(values.dtype)
+def masked_mean(values: torch.Tensor, selection: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``values[selection]``, weighted by ``weights[selection]`` if given (``sum(w * v) / sum(w)``); 0 (with
+    gradient) for an empty selection or one of zero total weight. Unselected values never leak in, not even as NaN
+    or Inf."""
+    if weights is None:
+        total = torch.where(selection, values, 0.0).sum()
+        return total / selection.sum().clamp(min=1).to(values.dtype)
+    total = torch.where(selection, values * weights, 0.0).sum()
+    return total / torch.where(selection, weights, 0.0).sum().clamp(min=torch.finfo(values.dtype).tiny)
 
 
 def normal_focal_weights(normalized: torch.Tensor) -> torch.Tensor:
@@ -132,6 +136,7 @@ class BgadLoss(nn.Module):
         b_n: torch.Tensor,
         b_a: torch.Tensor,
         with_boundary_terms: bool = True,
+        fiber_weights: torch.Tensor | None = None,
     ) -> LossTerms:
         """Compute the loss of one fiber batch of one level.
 
@@ -144,19 +149,21 @@ class BgadLoss(nn.Module):
             b_n (torch.Tensor): Scalar normal boundary (detached).
             b_a (torch.Tensor): Scalar abnormal boundary ``b_n - tau``.
             with_boundary_terms (bool): ``False`` in phase 1 (ML loss only). Defaults to ``True``.
+            fiber_weights (torch.Tensor | None): ``(N,)`` non-negative weights: every term becomes the weighted
+                mean over its selection (:func:`.fibers.border_weights`). ``None`` (the paper) weighs all alike.
 
         Returns:
             LossTerms: total, ml, pull and push terms (scalars).
         """
         zero = log_likelihood.new_zeros(())
         normal_weights = normal_focal_weights(normalized) if self.focal_weighting else 1.0
-        ml = masked_mean(-F.logsigmoid(log_likelihood) * normal_weights, is_normal)
+        ml = masked_mean(-F.logsigmoid(log_likelihood) * normal_weights, is_normal, fiber_weights)
         if not (with_boundary_terms and self.mode.uses_boundary):
             return LossTerms(ml, ml, zero, zero)
-        pull = masked_mean((b_n - normalized) * normal_weights, is_normal & (normalized < b_n))
+        pull = masked_mean((b_n - normalized) * normal_weights, is_normal & (normalized < b_n), fiber_weights)
         push = zero
         if self.mode.uses_anomalies:
             abnormal_weights = abnormal_focal_weights(normalized) if self.focal_weighting else 1.0
             pushed = is_anomalous if self.mode is LossMode.BGAD_DAGGER else is_anomalous & (normalized > b_a)
-            push = masked_mean((normalized - b_a) * abnormal_weights, pushed)
+            push = masked_mean((normalized - b_a) * abnormal_weights, pushed, fiber_weights)
         return LossTerms(ml + self.bgspp_weight * (pull + push), ml, pull, push)

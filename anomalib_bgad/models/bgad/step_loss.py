@@ -47,6 +47,7 @@ def position_group_loss(
     """Loss of one position group of every level (the authors' code takes one level's chunk of 4096 fibers).
 
     Under DDP ``b_n`` is the quantile over the normal fibers of all ranks (:meth:`.boundary.Boundary.estimate`).
+    The quantile is unweighted; ``fibers.weights`` (border weighting) weigh the loss terms only.
 
     Args:
         model (BgadModel): The flows and the boundary.
@@ -67,10 +68,13 @@ def position_group_loss(
         is_normal = fibers.normal[level].flatten(1).index_select(1, group).reshape(-1)
         is_anomalous = fibers.anomalous[level].flatten(1).index_select(1, group).reshape(-1)
         log_likelihood = model.position_group_log_likelihood(level, features, fibers.grids[level], group)
+        weights = None
+        if fibers.weights is not None:
+            weights = fibers.weights[level].reshape(-1).index_select(0, group).repeat(features.shape[0] // len(group))
         normalized = boundary.normalize(log_likelihood)
         b_n, valid = boundary.estimate(normalized, is_normal, across_ranks=True)
         b_a = boundary.b_a_of(b_n)
-        terms = loss(log_likelihood, normalized, is_normal, is_anomalous, b_n, b_a, with_boundary_terms)
+        terms = loss(log_likelihood, normalized, is_normal, is_anomalous, b_n, b_a, with_boundary_terms, weights)
         total = total + terms.total
         estimates.append((b_n, valid))
         terms_sum += torch.stack(list(terms)).detach()

@@ -39,6 +39,7 @@ class TwoPhaseTraining(AnomalibModule):
     loss: BgadLoss
     phase1_epochs: int
     partial_fibers: str
+    border_weight: float
     learning_rate: float
     lr_schedule: str
     fiber_batch_size: int
@@ -69,7 +70,14 @@ class TwoPhaseTraining(AnomalibModule):
         paths = [path for path, kept in zip(batch.image_path or [], selected.tolist(), strict=False) if kept]
         backbone, cache = self.model.feature_extractor, self.feature_cache
         return training_fibers(
-            batch.image[keep], masks, paths, backbone, cache, self.nonfinite_fibers, self.partial_fibers
+            batch.image[keep],
+            masks,
+            paths,
+            backbone,
+            cache,
+            self.nonfinite_fibers,
+            self.partial_fibers,
+            self.border_weight,
         )
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
