@@ -275,3 +275,17 @@ def gather_positions(features: torch.Tensor, positions: torch.Tensor) -> torch.T
     """
     batch, channels = features.shape[:2]
     return features.flatten(2).index_select(2, positions).permute(0, 2, 1).reshape(batch * positions.numel(), channels)
+
+
+def gather_position_values(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Per-position values (labels, weights) of all images at the given positions, in the fiber order of
+    :func:`gather_positions`.
+
+    Args:
+        values (torch.Tensor): ``(B, H, W)``.
+        positions (torch.Tensor): ``(P,)`` grid positions ``y * W + x`` on the values' device.
+
+    Returns:
+        torch.Tensor: ``(B * P,)``.
+    """
+    return values.flatten(1).index_select(1, positions).reshape(-1)

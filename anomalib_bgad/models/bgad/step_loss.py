@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from .fibers import LabeledFibers, gather_positions
+from .fibers import LabeledFibers, gather_position_values, gather_positions
 from .loss import BgadLoss
 from .torch_model import BgadModel
 
@@ -65,12 +65,12 @@ def position_group_loss(
     anomalous_fibers = torch.zeros((), device=device)
     for level, group in enumerate(groups):
         features = gather_positions(fibers.features[level], group)
-        is_normal = fibers.normal[level].flatten(1).index_select(1, group).reshape(-1)
-        is_anomalous = fibers.anomalous[level].flatten(1).index_select(1, group).reshape(-1)
+        is_normal = gather_position_values(fibers.normal[level], group)
+        is_anomalous = gather_position_values(fibers.anomalous[level], group)
         log_likelihood = model.position_group_log_likelihood(level, features, fibers.grids[level], group)
         weights = None
         if fibers.weights is not None:
-            weights = fibers.weights[level].reshape(-1).index_select(0, group).repeat(features.shape[0] // len(group))
+            weights = gather_position_values(fibers.weights[level].expand_as(fibers.normal[level]), group)
         normalized = boundary.normalize(log_likelihood)
         b_n, valid = boundary.estimate(normalized, is_normal, across_ranks=True)
         b_a = boundary.b_a_of(b_n)
