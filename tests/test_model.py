@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,77 @@ def test_unseeded_construction_gives_the_same_flows_and_a_seeded_one_keeps_the_c
     torch.testing.assert_close(unseeded[0], unseeded[1], rtol=0, atol=0)
     seeded = [_first_flow_weights(monkeypatch, "7", torch_seed) for torch_seed in (1, 2)]
     assert not torch.equal(seeded[0], seeded[1])  # whoever seeded owns the RNG: no reseeding
+
+
+def _flow_weights(model: Bgad) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.model.flows.parameters()])
+
+
+def test_seed_from_datamodule_redraws_the_flows_only_after_the_default_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under anomalib's CLI the datamodule's seed, not the constructor's 0, decides the flows' initial weights."""
+
+    def reseeded(seed: object, global_seed: str | None = None) -> tuple[Bgad, torch.Tensor]:
+        if global_seed is None:
+            monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        else:
+            monkeypatch.setenv("PL_GLOBAL_SEED", global_seed)
+        model = Bgad(coupling_blocks=1)
+        constructed = _flow_weights(model)
+        model.seed_from_datamodule(seed)
+        return model, constructed
+
+    model_a, constructed = reseeded(3)
+    assert os.environ["PL_GLOBAL_SEED"] == "3"  # the fiber groups follow it too
+    model_b, _ = reseeded(3)
+    model_c, _ = reseeded(4)
+    torch.testing.assert_close(_flow_weights(model_a), _flow_weights(model_b), rtol=0, atol=0)
+    assert not torch.equal(_flow_weights(model_a), constructed)
+    assert not torch.equal(_flow_weights(model_a), _flow_weights(model_c))
+    for seed in (0, None, True, "3"):  # 0 is what the constructor applied; anything but an int is no seed
+        model, constructed = reseeded(seed)
+        torch.testing.assert_close(_flow_weights(model), constructed, rtol=0, atol=0)
+    model, constructed = reseeded(3, global_seed="7")  # a caller's seed_everything wins
+    torch.testing.assert_close(_flow_weights(model), constructed, rtol=0, atol=0)
+    assert os.environ["PL_GLOBAL_SEED"] == "7"
+
+
+def test_fit_seeds_the_flows_from_the_datamodule(
+    tiny_mvtec_root: Path, small_bgad_kwargs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`setup("fit")` applies the datamodule's seed before training starts (stopped at `on_fit_start`)."""
+    from anomalib.engine import Engine
+    from lightning.pytorch import Callback
+
+    from anomalib_bgad.data import FewAnomalyMVTecAD
+
+    class _FitStartedError(Exception):
+        pass
+
+    class _Capture(Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            captured.append(_flow_weights(pl_module))
+            raise _FitStartedError
+
+    captured: list[torch.Tensor] = []
+    for seed in (3, 3, 4):
+        monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        datamodule = FewAnomalyMVTecAD(
+            root=tiny_mvtec_root, category="brick", n_anomalies=2, num_workers=0, seed=seed, train_batch_size=4
+        )
+        engine = Engine(
+            max_epochs=1,
+            default_root_dir=tmp_path / str(len(captured)),
+            accelerator="cpu",
+            devices=1,
+            callbacks=[_Capture()],
+            logger=False,
+            enable_progress_bar=False,
+        )
+        with pytest.raises(_FitStartedError):
+            engine.fit(Bgad(**small_bgad_kwargs), datamodule=datamodule)
+        assert os.environ["PL_GLOBAL_SEED"] == str(seed)
+    torch.testing.assert_close(captured[0], captured[1], rtol=0, atol=0)
+    assert not torch.equal(captured[0], captured[2])
 
 
 class _LossRecorder:

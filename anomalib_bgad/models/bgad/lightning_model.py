@@ -127,7 +127,9 @@ class Bgad(TwoPhaseTraining):
 
     The flows' initial weights come from the global RNG. If nothing has seeded it through Lightning's
     ``seed_everything`` (``PL_GLOBAL_SEED`` unset, as under ``anomalib train``, whose ``seed_everything`` key is
-    parsed but not applied), the constructor seeds it with 0 first, so that a training run is reproducible.
+    parsed but not applied), the constructor seeds it with 0 first, and ``fit`` reseeds it with the datamodule's
+    ``seed`` (when that is an int other than 0) and draws the flows' initial weights again, so that a training run
+    is reproducible and follows the seed that also draws the known and pseudo anomalies.
 
     Raises:
         ValueError: For invalid arguments, naming the argument.
@@ -167,9 +169,11 @@ class Bgad(TwoPhaseTraining):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        if "PL_GLOBAL_SEED" not in os.environ:
-            # anomalib's CLI parses `seed_everything` but never applies it (anomalib 2.7): unseeded, the flows'
-            # initial weights would differ from run to run. 0 is the few-anomaly datamodules' default seed.
+        # anomalib's CLI parses `seed_everything` but never applies it (anomalib 2.7): unseeded, the flows'
+        # initial weights would differ from run to run. 0 is the few-anomaly datamodules' default seed; `setup`
+        # reseeds with the datamodule's own seed when it is another.
+        self.seeded_by_default = "PL_GLOBAL_SEED" not in os.environ
+        if self.seeded_by_default:
             seed_everything(0, verbose=False)
         super().__init__(
             pre_processor=pre_processor,
@@ -223,12 +227,26 @@ class Bgad(TwoPhaseTraining):
         return self.loss.mode.uses_anomalies
 
     def setup(self, stage: str) -> None:
-        """Give an unset epoch limit BGAD's default (:func:`.schedule.apply_default_epochs`); warn if the limit
-        leaves no phase 2 (:func:`.schedule.warn_if_phase2_never_starts`)."""
+        """Seed training with the datamodule's seed when nothing else did (:meth:`seed_from_datamodule`); give an
+        unset epoch limit BGAD's default (:func:`.schedule.apply_default_epochs`); warn if the limit leaves no
+        phase 2 (:func:`.schedule.warn_if_phase2_never_starts`)."""
         super().setup(stage)
         if stage == "fit" and self._trainer is not None:
+            self.seed_from_datamodule(getattr(self._trainer.datamodule, "seed", None))
             apply_default_epochs(self._trainer)
             warn_if_phase2_never_starts(self._trainer, self.phase1_epochs, self.trains_on_anomalies)
+
+    def seed_from_datamodule(self, seed: object) -> None:
+        """If the constructor seeded the global RNG with its default 0, reseed it with ``seed`` and redraw the flows.
+
+        Runs before a resumed checkpoint is restored (Lightning restores after ``setup``), so resuming is unchanged.
+        Nothing happens when a caller seeded first (``seed_everything``), or ``seed`` is not an int or is 0.
+        """
+        if not self.seeded_by_default or not isinstance(seed, int) or isinstance(seed, bool) or seed == 0:
+            return
+        seed_everything(seed, verbose=False)
+        self.model.reinitialize_flows()
+        self.seeded_by_default = False
 
     def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; save the training state outside the state dict (:mod:`.checkpoint`).

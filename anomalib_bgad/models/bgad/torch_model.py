@@ -88,12 +88,8 @@ class BgadModel(nn.Module):
         super().__init__()
         self.feature_extractor = FrozenFeatureExtractor(backbone, layers, pre_trained, border_padding)
         self.condition = PositionalCondition(condition_vector)
-        self.flows = nn.ModuleList(
-            [
-                ConditionalFlow(channels, condition_vector, coupling_blocks, clamp_alpha, permute_soft)
-                for channels in self.feature_extractor.channels
-            ]
-        )
+        self._flow_args = (condition_vector, coupling_blocks, clamp_alpha, permute_soft)
+        self.flows = nn.ModuleList([ConditionalFlow(c, *self._flow_args) for c in self.feature_extractor.channels])
         self.boundary = Boundary(len(self.flows), beta=beta, tau=tau, normalizer=normalizer)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=sigma, level_aggregation=level_aggregation)
         self.image_score = ImageScore(image_score_top_share)
@@ -105,6 +101,14 @@ class BgadModel(nn.Module):
     def _map_legacy_state(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         del args
         map_legacy_state(state_dict, prefix)
+
+    def reinitialize_flows(self) -> None:
+        """Give every flow the initial weights a new model would draw now from the global RNGs (torch and NumPy).
+
+        The parameters are updated in place, so an optimiser that holds them keeps working.
+        """
+        for flow, channels in zip(self.flows, self.feature_extractor.channels, strict=True):
+            flow.load_state_dict(ConditionalFlow(channels, *self._flow_args).state_dict())
 
     @property
     def num_levels(self) -> int:
