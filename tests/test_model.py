@@ -171,14 +171,23 @@ def test_invalid_init_args_are_rejected() -> None:
         BgadModel(condition_vector=30, coupling_blocks=1)
 
 
-def _first_flow_weights(monkeypatch: pytest.MonkeyPatch, global_seed: str | None, torch_seed: int) -> torch.Tensor:
-    """A fresh module's flow weights after the global RNG was left at ``torch_seed``."""
+def _flow_weights(model: Bgad) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.model.flows.parameters()])
+
+
+def _set_global_seed(monkeypatch: pytest.MonkeyPatch, global_seed: str | None) -> None:
+    """``PL_GLOBAL_SEED`` as a caller's ``seed_everything`` leaves it; ``None``: unset, as under anomalib's CLI."""
     if global_seed is None:
         monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     else:
         monkeypatch.setenv("PL_GLOBAL_SEED", global_seed)
+
+
+def _first_flow_weights(monkeypatch: pytest.MonkeyPatch, global_seed: str | None, torch_seed: int) -> torch.Tensor:
+    """A fresh module's flow weights after the global RNG was left at ``torch_seed``."""
+    _set_global_seed(monkeypatch, global_seed)
     torch.manual_seed(torch_seed)
-    return torch.cat([p.detach().flatten() for p in Bgad(coupling_blocks=1).model.flows.parameters()])
+    return _flow_weights(Bgad(coupling_blocks=1))
 
 
 def test_unseeded_construction_gives_the_same_flows_and_a_seeded_one_keeps_the_callers_rng(
@@ -191,18 +200,11 @@ def test_unseeded_construction_gives_the_same_flows_and_a_seeded_one_keeps_the_c
     assert not torch.equal(seeded[0], seeded[1])  # whoever seeded owns the RNG: no reseeding
 
 
-def _flow_weights(model: Bgad) -> torch.Tensor:
-    return torch.cat([p.detach().flatten().clone() for p in model.model.flows.parameters()])
-
-
 def test_seed_from_datamodule_redraws_the_flows_only_after_the_default_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under anomalib's CLI the datamodule's seed, not the constructor's 0, decides the flows' initial weights."""
 
     def reseeded(seed: object, global_seed: str | None = None) -> tuple[Bgad, torch.Tensor]:
-        if global_seed is None:
-            monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-        else:
-            monkeypatch.setenv("PL_GLOBAL_SEED", global_seed)
+        _set_global_seed(monkeypatch, global_seed)
         model = Bgad(coupling_blocks=1)
         constructed = _flow_weights(model)
         model.seed_from_datamodule(seed)
@@ -242,7 +244,7 @@ def test_fit_seeds_the_flows_from_the_datamodule(
 
     captured: list[torch.Tensor] = []
     for seed in (3, 3, 4):
-        monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        _set_global_seed(monkeypatch, None)
         datamodule = FewAnomalyMVTecAD(
             root=tiny_mvtec_root, category="brick", n_anomalies=2, num_workers=0, seed=seed, train_batch_size=4
         )

@@ -172,8 +172,8 @@ class Bgad(TwoPhaseTraining):
         # anomalib's CLI parses `seed_everything` but never applies it (anomalib 2.7): unseeded, the flows'
         # initial weights would differ from run to run. 0 is the few-anomaly datamodules' default seed; `setup`
         # reseeds with the datamodule's own seed when it is another.
-        self.seeded_by_default = "PL_GLOBAL_SEED" not in os.environ
-        if self.seeded_by_default:
+        self._seeded_by_default = "PL_GLOBAL_SEED" not in os.environ
+        if self._seeded_by_default:
             seed_everything(0, verbose=False)
         super().__init__(
             pre_processor=pre_processor,
@@ -242,11 +242,11 @@ class Bgad(TwoPhaseTraining):
         Runs before a resumed checkpoint is restored (Lightning restores after ``setup``), so resuming is unchanged.
         Nothing happens when a caller seeded first (``seed_everything``), or ``seed`` is not an int or is 0.
         """
-        if not self.seeded_by_default or not isinstance(seed, int) or isinstance(seed, bool) or seed == 0:
+        if not self._seeded_by_default or not isinstance(seed, int) or isinstance(seed, bool) or seed == 0:
             return
         seed_everything(seed, verbose=False)
         self.model.reinitialize_flows()
-        self.seeded_by_default = False
+        self._seeded_by_default = False
 
     def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; save the training state outside the state dict (:mod:`.checkpoint`).
