@@ -950,10 +950,12 @@ def test_flow_training_memory_does_not_grow_with_the_fibers_per_image(tmp_path: 
 
     Level 1 (stride 4) of 2 images: 512 fibers at 64 px, 8192 at 256 px. With ``fiber_batch_size=512`` both
     train in chunks of 512 fibers, so the flow's activations and the peak RSS of the flow part stay the same;
-    the control (one chunk of all 8192 fibers) shows that the measurement sees the growth when it is there.
-    Bounds: activations are counted exactly (autograd's saved tensors); RSS is per process (CPU load from
-    other jobs does not change it), but the allocator adds noise of a few MB, hence 20 MB slack, while the
-    control needs ~45 MB more for its activations alone.
+    the control (512 px, one chunk of all 32768 fibers) shows that the measurement sees the growth when it is
+    there. Bounds: activations are counted exactly (autograd's saved tensors); RSS is per process (CPU load from
+    other jobs does not change it), but the allocator adds noise of a few MB, hence 20 MB slack. The control's
+    activations are ~180 MB; the allocator reuses some freed memory, so its RSS grows by less (an earlier control
+    of 8192 fibers, ~45 MB of activations, grew by 36 MB once and failed a 25 MB margin by 1 MB), hence a margin
+    of 80 MB, far above both the noise and the 256 px growth.
     """
     script = tmp_path / "memory_probe.py"
     script.write_text(MEMORY_PROBE)
@@ -970,12 +972,12 @@ def test_flow_training_memory_does_not_grow_with_the_fibers_per_image(tmp_path: 
         assert completed.returncode == 0, completed.stderr[-3000:]
         return json.loads(completed.stdout.strip().splitlines()[-1])[config]
 
-    small, large, control = probe("64:512"), probe("256:512"), probe("256:8192")
+    small, large, control = probe("64:512"), probe("256:512"), probe("512:32768")
 
     assert (small["optimizer_steps"], large["optimizer_steps"], control["optimizer_steps"]) == (2, 32, 2)
     # Activations: bounded by the chunk, not by the image (tiny extra: index tensors of the grid).
     assert large["saved_mb"] <= 1.25 * small["saved_mb"]
-    assert control["saved_mb"] >= 8 * large["saved_mb"]
+    assert control["saved_mb"] >= 32 * large["saved_mb"]
     # Peak RSS of the flow-training part: bounded at 256 px; the unchunked control grows.
     assert large["growth_mb"] <= small["growth_mb"] + 20
-    assert control["growth_mb"] >= large["growth_mb"] + 25
+    assert control["growth_mb"] >= large["growth_mb"] + 80
