@@ -102,14 +102,14 @@ def border_statistics(
     return result
 
 
-def train_one_class(config: str, category: str, seed: int, work: Path) -> tuple[Any, Any]:
-    """Train ``config`` of the localisation study on its one-class split of ``category`` and ``seed``, as the study
-    does (same manifest, epochs and seed), on the CPU; the trained Lightning module and its datamodule."""
+def train_study_cell(config: str, category: str, seed: int, work: Path, setting: str = "one_class") -> tuple[Any, Any]:
+    """Train ``config`` of the localisation study on its ``setting`` split of ``category`` and ``seed``, as the
+    study does (same manifest, epochs and seed), on the CPU; the trained Lightning module and its datamodule."""
     from benchmarks.study import _job, load_study, split_rows
     from benchmarks.worker import _start_training, build_engine
 
     study = load_study(STUDY, [f"seeds=[{seed}]"])
-    (row,) = [r for r in split_rows(study, OUTPUT) if r["study_setting"] == "one_class" and r["category"] == category]
+    (row,) = [r for r in split_rows(study, OUTPUT) if r["study_setting"] == setting and r["category"] == category]
     job = _job(study, config, row, work)
     model, datamodule = _start_training(job)
     build_engine("cpu", int(job["model"]["max_epochs"]), Path(job["work_dir"]), []).fit(model, datamodule=datamodule)
@@ -118,7 +118,7 @@ def train_one_class(config: str, category: str, seed: int, work: Path) -> tuple[
 
 def measure(config: str, category: str, seed: int, ring: int) -> dict[str, Any]:
     """Train ``config`` on the study's one-class split of ``category`` and ``seed``; :func:`border_statistics`."""
-    model, datamodule = train_one_class(config, category, seed, Path("results/studies/border"))
+    model, datamodule = train_study_cell(config, category, seed, Path("results/studies/border"))
     net = model.model.eval()
     normal_train, distances, maps, labels = [], [], [], []
     with torch.no_grad():

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from anomalib_bgad.models.bgad.image_score import top_share_mean
-from benchmarks.border import OUTPUT, train_one_class
+from benchmarks.border import OUTPUT, train_study_cell
 from benchmarks.worker import pixel_metrics
 
 TOP_SHARE = 0.01  # the package's default image score
@@ -74,7 +74,7 @@ def measure(config: str, category: str, seed: int) -> dict[str, Any]:
     """Train ``config`` on the study's one-class split; image AUROC of every score, pixel metrics of both maps."""
     from sklearn.metrics import roc_auc_score
 
-    model, datamodule = train_one_class(config, category, seed, Path("results/studies/levels"))
+    model, datamodule = train_study_cell(config, category, seed, Path("results/studies/levels"))
     net = model.model.eval()
     train_ln: list[list[torch.Tensor]] = []
     maps: list[list[torch.Tensor]] = []

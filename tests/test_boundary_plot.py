@@ -13,7 +13,13 @@ from PIL import Image
 
 from anomalib_bgad import Bgad
 from anomalib_bgad.models.bgad.boundary import Boundary
-from anomalib_bgad.models.bgad.boundary_plot import FILE_NAME, BoundaryHistogram, write_boundary_histogram
+from anomalib_bgad.models.bgad.boundary_plot import (
+    FILE_NAME,
+    BoundaryHistogram,
+    Separation,
+    separation_label,
+    write_boundary_histogram,
+)
 from anomalib_bgad.models.bgad.fibers import downsample_mask
 
 
@@ -27,6 +33,7 @@ def test_write_boundary_histogram_draws_one_panel_per_level(tmp_path: Path) -> N
         anomalous,
         torch.tensor([-0.4, -0.5, -0.6]),
         torch.tensor([-0.5, -0.6, -0.7]),
+        separation=[Separation(5000, 60, 300, 290, 280), Separation(5000, 40), Separation(5000, 0, 10, 10, 10)],
     )
     assert path == tmp_path / "sub" / FILE_NAME
     with Image.open(path) as image:
@@ -41,8 +48,12 @@ def test_histogram_written_at_test_end_with_the_test_set_likelihoods(tiny_mvtec_
 
     torch.manual_seed(0)
     model = Bgad(coupling_blocks=2, pre_processor=Bgad.configure_pre_processor(image_size=(64, 64)))
-    model.model.boundary.b_n.copy_(torch.tensor([-0.2, -0.3, -0.4]))
     datamodule = MVTecAD(root=tiny_mvtec_root, category="brick", eval_batch_size=4, num_workers=0)
+    datamodule.setup()
+    with torch.no_grad():  # b_n at each level's median ln of the first test batch: fibers fall on both sides
+        first = model.pre_processor(next(iter(datamodule.test_dataloader())).image)
+        medians = torch.stack([level.median() for level in model.eval().model.normalized_maps(first)])
+    model.model.boundary.b_n.copy_(medians)
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     engine.test(model, datamodule=datamodule)
 
@@ -76,6 +87,20 @@ def test_histogram_written_at_test_end_with_the_test_set_likelihoods(tiny_mvtec_
             assert collected.seen == expected_values.numel() > 0
             torch.testing.assert_close(collected.values.sort().values, expected_values, atol=1e-5, rtol=0)
 
+    # The counts against the boundaries cover every value, not the subsample.
+    for level, (b_n, b_a) in enumerate(zip(medians.tolist(), model.model.boundary.b_a.tolist(), strict=True)):
+        normal, anomalous = torch.cat(expected_normal[level]), torch.cat(expected_anomalous[level])
+        counts = callback.separation[level]
+        assert (counts.normal, counts.anomalous) == (normal.numel(), anomalous.numel())
+        # ln within 1e-4 of a boundary may fall on either side between two forward passes
+        for counted, values, boundary in (
+            (counts.normal_below_b_n, normal, b_n),
+            (counts.anomalous_below_b_n, anomalous, b_n),
+            (counts.anomalous_below_b_a, anomalous, b_a),
+        ):
+            assert int((values < boundary - 1e-4).sum()) <= counted <= int((values < boundary + 1e-4).sum())
+    assert all(0 < level.normal_below_b_n < level.normal for level in callback.separation)  # fibers on both sides
+
 
 def test_subsampling_bounds_memory_and_is_uniform() -> None:
     from anomalib_bgad.models.bgad.boundary_plot import _BottomKSample
@@ -97,6 +122,23 @@ def test_panel_titles_say_when_the_values_are_a_subsample() -> None:
     assert count_label(1_000, 31_000, "anomalous") == "1,000 of 31,000 anomalous (random subsample)"
     assert count_label(5_000, 5_000, "anomalous") == "5,000 anomalous"
     assert count_label(5_000, None, "normal") == "5,000 normal"
+
+
+def test_separation_counts_add_up_and_give_shares_of_each_class() -> None:
+    values = torch.tensor([[-0.05, -0.15, -0.25], [-0.35, 0.10, -0.45]])
+    anomalous = torch.tensor([[False, False, True], [True, False, True]])
+    counts = Separation.count(values, anomalous, b_n=-0.1, b_a=-0.3)
+    assert counts == Separation(normal=3, normal_below_b_n=1, anomalous=3, anomalous_below_b_n=3, anomalous_below_b_a=2)
+    total = counts + Separation.count(values, torch.zeros_like(anomalous), b_n=-0.1, b_a=-0.3)
+    assert total == Separation(9, 5, 3, 3, 2)
+    assert total.shares() == pytest.approx(
+        {"normal_below_b_n": 5 / 9, "anomalous_below_b_n": 1.0, "anomalous_below_b_a": 2 / 3}
+    )
+    only_normal = {"normal_below_b_n": 0.1, "anomalous_below_b_n": None, "anomalous_below_b_a": None}
+    assert Separation(10, 1).shares() == only_normal
+    assert separation_label(Separation(10, 1)) == (
+        "below b_n: 10.0 % of normal, n/a of anomalous fibers; below b_a: n/a of anomalous"
+    )
 
 
 def test_the_callback_passes_how_many_values_it_saw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
