@@ -16,14 +16,17 @@ histogram's legend gives after ``anomalib test``):
 
 With known types (``multi_class``) the test defects are of the types trained on; in ``one_class`` every test defect
 is of a type never seen. NFAD has no push: its shares say what the flow alone separates. Results are merged into
-``benchmarks/results/localisation/separation.json`` (key ``setting/config/category/seedN``).
+``benchmarks/results/localisation/separation.json`` (key ``setting/config/category/seedN``), and the JSON is rendered
+as a table next to it (``separation.md``; ``--report`` renders it again without training).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -57,6 +60,58 @@ def measure(config: str, category: str, seed: int, setting: str) -> dict[str, An
     }
 
 
+SHARES = ("normal_below_b_n", "anomalous_below_b_n", "anomalous_below_b_a")
+
+
+def _percentages(levels: list[dict[str, Any]]) -> str:
+    """One table cell per level: the three shares in %, ``normal < b_n / anomalous < b_n / anomalous < b_a``."""
+    return " | ".join(
+        "/".join("-" if level[share] is None else f"{100 * level[share]:.1f}" for share in SHARES) for level in levels
+    )
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Markdown of ``results`` (the JSON this module writes): one row per cell, then one per (setting, config, seed)
+    with each share averaged over its categories (every category weighs the same, as in the study's means).
+
+    Raises:
+        ValueError: if a key is not ``setting/config/category/seedN`` or cells of one group differ in level count.
+    """
+    groups: dict[tuple[str, str, str], list[list[dict[str, Any]]]] = defaultdict(list)
+    levels = 0
+    lines = []
+    for key in sorted(results):
+        parts = key.split("/")
+        if len(parts) != 4:
+            raise ValueError(f"separation key {key!r} is not setting/config/category/seedN")
+        setting, config, category, seed = parts
+        cell = results[key]["levels"]
+        groups[setting, config, seed].append(cell)
+        levels = max(levels, len(cell))
+        b_n = ", ".join(f"{value:.3f}" for value in results[key]["b_n"])
+        lines.append(f"| {setting} | {config} | {category} | {seed} | {_percentages(cell)} | {b_n} |")
+    for (setting, config, seed), cells in groups.items():
+        if len({len(cell) for cell in cells}) != 1:
+            raise ValueError(f"cells of {setting}/{config}/{seed} have different numbers of levels")
+        means = [
+            {
+                share: fmean(values) if (values := [c[i][share] for c in cells if c[i][share] is not None]) else None
+                for share in SHARES
+            }
+            for i in range(len(cells[0]))
+        ]
+        lines.append(f"| {setting} | {config} | **mean of {len(cells)}** | {seed} | {_percentages(means)} | |")
+    header = [
+        "Per level (level 0 is the finest: strides 4, 8, 16 at the default layers), % of the test set's normal fibers",
+        "below `b_n` / anomalous fibers below `b_n` / anomalous fibers below `b_a`, and `b_n` per level. A mean row",
+        "averages its categories' shares. Command: `python -m benchmarks.separation --seed S` (see its docstring).",
+        "",
+        "| setting | config | category | seed | " + " | ".join(f"level {i}" for i in range(levels)) + " | b_n |",
+        "|---" * (levels + 5) + "|",
+    ]
+    return "\n".join(header + lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line interface."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,9 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, default=OUTPUT / "separation.json", help="JSON file (default: %(default)s)"
     )
+    parser.add_argument("--report", action="store_true", help="only render --output's JSON as its .md table")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {}  # keep other keys
+    if args.report:
+        if not results:
+            parser.error(f"--report: {args.output} does not exist or holds no cells; run without --report first")
+        args.output.with_suffix(".md").write_text(render_table(results))
+        return
     for setting in args.settings.split(","):
         for config in args.configs.split(","):
             for category in args.categories.split(","):
@@ -82,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(key, json.dumps(results[key]), flush=True)
                 args.output.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(json.dumps(results, indent=1) + "\n")  # after every cell: a stop keeps the rest
+    args.output.with_suffix(".md").write_text(render_table(results))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from lightning.pytorch import seed_everything
 
 from anomalib_bgad.models.bgad.boundary_plot import Separation
 from anomalib_bgad.models.bgad.torch_model import BgadModel
-from benchmarks.separation import count_test_set
+from benchmarks.separation import count_test_set, render_table
 
 
 def test_count_test_set_counts_every_fiber_by_its_mask_or_label() -> None:
@@ -47,3 +48,22 @@ def test_count_test_set_counts_every_fiber_by_its_mask_or_label() -> None:
         assert counts[level].anomalous == values[0].numel() * 3 // 2
         assert 0 < counts[level].normal_below_b_n < counts[level].normal
         assert abs(counts[level].anomalous_below_b_a - expected.anomalous_below_b_a) <= 2
+
+
+def test_render_table_gives_each_cell_and_the_mean_over_categories_in_percent() -> None:
+    def cell(normal: float, below_b_n: float | None, below_b_a: float | None) -> dict:
+        level = {"normal_below_b_n": normal, "anomalous_below_b_n": below_b_n, "anomalous_below_b_a": below_b_a}
+        return {"b_n": [-0.3], "b_a": [-0.4], "levels": [level]}
+
+    results = {
+        "one_class/bgad/brick/seed0": cell(0.01, 0.5, 0.2),
+        "one_class/bgad/grass/seed0": cell(0.03, 0.7, None),  # no anomalous fiber below b_a counted: left out
+    }
+
+    table = render_table(results)
+
+    assert "| one_class | bgad | brick | seed0 | 1.0/50.0/20.0 | -0.300 |" in table
+    assert "| one_class | bgad | grass | seed0 | 3.0/70.0/- | -0.300 |" in table
+    assert "| one_class | bgad | **mean of 2** | seed0 | 2.0/60.0/20.0 | |" in table
+    with pytest.raises(ValueError, match="not setting/config/category/seedN"):
+        render_table({"bgad/brick": cell(0.0, 0.0, 0.0)})
