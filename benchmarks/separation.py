@@ -133,7 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         if not results:
             parser.error(f"--report: {args.output} does not exist or holds no cells; run without --report first")
-        args.output.with_suffix(".md").write_text(render_table(results))
+        try:
+            table = render_table(results)
+        except ValueError as error:
+            parser.error(f"--report: {args.output}: {error}")
+        args.output.with_suffix(".md").write_text(table)
         return
     for setting in args.settings.split(","):
         for config in args.configs.split(","):

@@ -10,7 +10,7 @@ from lightning.pytorch import seed_everything
 
 from anomalib_bgad.models.bgad.boundary_plot import Separation
 from anomalib_bgad.models.bgad.torch_model import BgadModel
-from benchmarks.separation import count_test_set, render_table
+from benchmarks.separation import count_test_set, main, render_table
 
 
 def test_count_test_set_counts_every_fiber_by_its_mask_or_label() -> None:
@@ -67,3 +67,13 @@ def test_render_table_gives_each_cell_and_the_mean_over_categories_in_percent() 
     assert "| one_class | bgad | **mean of 2** | seed0 | 2.0/60.0/20.0 | |" in table
     with pytest.raises(ValueError, match="not setting/config/category/seedN"):
         render_table({"bgad/brick": cell(0.0, 0.0, 0.0)})
+
+
+def test_report_names_the_file_and_writes_nothing_for_a_missing_or_malformed_json(tmp_path, capsys) -> None:
+    malformed = tmp_path / "separation.json"
+    malformed.write_text('{"bgad/brick": {"b_n": [0], "b_a": [0], "levels": []}}')
+    for output in (tmp_path / "missing.json", malformed):
+        with pytest.raises(SystemExit):
+            main(["--report", "--output", str(output)])
+        assert str(output) in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.md"))
