@@ -75,20 +75,26 @@ def render_table(results: dict[str, Any]) -> str:
     with each share averaged over its categories (every category weighs the same, as in the study's means).
 
     Raises:
-        ValueError: if a key is not ``setting/config/category/seedN`` or cells of one group differ in level count.
+        ValueError: if ``results`` is not an object, a key is not ``setting/config/category/seedN``, a cell lacks
+            ``b_n`` or ``levels``, or cells of one group differ in level count.
     """
     groups: dict[tuple[str, str, str], list[list[dict[str, Any]]]] = defaultdict(list)
     levels = 0
     lines = []
+    if not isinstance(results, dict):
+        raise ValueError(f"separation results must be a JSON object of cells, not {type(results).__name__}")
     for key in sorted(results):
         parts = key.split("/")
         if len(parts) != 4:
             raise ValueError(f"separation key {key!r} is not setting/config/category/seedN")
         setting, config, category, seed = parts
-        cell = results[key]["levels"]
+        try:
+            cell, b_n_values = results[key]["levels"], results[key]["b_n"]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"separation cell {key!r} lacks 'levels' or 'b_n' ({error!r})") from error
         groups[setting, config, seed].append(cell)
         levels = max(levels, len(cell))
-        b_n = ", ".join(f"{value:.3f}" for value in results[key]["b_n"])
+        b_n = ", ".join(f"{value:.3f}" for value in b_n_values)
         lines.append(f"| {setting} | {config} | {category} | {seed} | {_percentages(cell)} | {b_n} |")
     for (setting, config, seed), cells in groups.items():
         if len({len(cell) for cell in cells}) != 1:
@@ -129,7 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only render --output's JSON as its .md table")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {}  # keep other keys
+    try:
+        results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {}  # keep others
+    except json.JSONDecodeError as error:
+        parser.error(f"--output: {args.output} is not valid JSON ({error}); fix it or pass another file")
     if args.report:
         if not results:
             parser.error(f"--report: {args.output} does not exist or holds no cells; run without --report first")

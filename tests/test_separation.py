@@ -70,9 +70,13 @@ def test_render_table_gives_each_cell_and_the_mean_over_categories_in_percent() 
 
 
 def test_report_names_the_file_and_writes_nothing_for_a_missing_or_malformed_json(tmp_path, capsys) -> None:
-    malformed = tmp_path / "separation.json"
-    malformed.write_text('{"bgad/brick": {"b_n": [0], "b_a": [0], "levels": []}}')
-    for output in (tmp_path / "missing.json", malformed):
+    outputs = [tmp_path / "missing.json"]
+    for index, text in enumerate(
+        ['{"bgad/brick": {"b_n": [0], "b_a": [0], "levels": []}}', "not json", '{"a/b/c/seed0": {"levels": []}}', "[1]"]
+    ):
+        outputs.append(tmp_path / f"malformed{index}.json")
+        outputs[-1].write_text(text)
+    for output in outputs:
         with pytest.raises(SystemExit):
             main(["--report", "--output", str(output)])
         assert str(output) in capsys.readouterr().err
