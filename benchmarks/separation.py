@@ -60,7 +60,7 @@ def measure(config: str, category: str, seed: int, setting: str) -> dict[str, An
     }
 
 
-SHARES = ("normal_below_b_n", "anomalous_below_b_n", "anomalous_below_b_a")
+SHARES = tuple(Separation().shares())  # the table's columns are the diagnostic's own share names
 
 
 def _percentages(levels: list[dict[str, Any]]) -> str:

@@ -57,7 +57,7 @@ def test_render_table_gives_each_cell_and_the_mean_over_categories_in_percent() 
 
     results = {
         "one_class/bgad/brick/seed0": cell(0.01, 0.5, 0.2),
-        "one_class/bgad/grass/seed0": cell(0.03, 0.7, None),  # no anomalous fiber below b_a counted: left out
+        "one_class/bgad/grass/seed0": cell(0.03, 0.7, None),  # None (no fiber of its class): the mean skips it
     }
 
     table = render_table(results)
