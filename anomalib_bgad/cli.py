@@ -66,6 +66,16 @@ def _preview_pseudo(args: argparse.Namespace) -> None:
     print(f"Wrote {path}")
 
 
+def _pseudo_source(value: str) -> str:
+    from anomalib_bgad.data.pseudo_anomalies.sources import source_parts
+
+    try:
+        source_parts(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``anomalib-bgad`` argument parser."""
     parser = argparse.ArgumentParser(prog="anomalib-bgad", description=__doc__.splitlines()[0])
@@ -96,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--compare-nfad", action="store_true", help="also train the NFAD ablation on the same split")
     demo.set_defaults(handler=_demo)
 
-    preview = commands.add_parser("preview-pseudo", help="write a PNG grid of pseudo anomalies (RPAG, SmoothBlend)")
+    preview = commands.add_parser(
+        "preview-pseudo", help="write a PNG grid of pseudo anomalies (RPAG, SmoothBlend, Perlin)"
+    )
     preview.add_argument("--root", type=Path, default=Path("datasets/embedded"))
     preview.add_argument("--category", default="brick")
     preview.add_argument("--n-anomalies", type=int, default=10)
@@ -104,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument(
         "--source",
-        choices=("rpag", "smoothblend", "both"),
+        type=_pseudo_source,
         default="rpag",
-        help="pseudo-anomaly source: RPAG (pastes known anomalies), SmoothBlend (needs none) or both",
+        help="pseudo-anomaly source: rpag (pastes known anomalies), smoothblend or perlin (need none), or several "
+        "joined by '+' (rpag+perlin; both = rpag+smoothblend)",
     )
     preview.add_argument("--output", type=Path, default=Path("results/pseudo_anomalies.png"))
     preview.set_defaults(handler=_preview_pseudo)

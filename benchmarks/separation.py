@@ -2,6 +2,7 @@
 
     python -m benchmarks.separation                    # BGAD and NFAD (0.4.0 defaults), both settings, seed 0
     python -m benchmarks.separation --seed 1 --settings one_class --categories grass
+    python -m benchmarks.separation --configs bgad_rpag_perlin --settings one_class   # any study configuration
 
 For each (setting, configuration, category) of the localisation study this trains the model on the study's split
 as the study does (12 epochs, same manifest), then counts, over every fiber of the test set and per feature level,
@@ -110,7 +111,8 @@ def render_table(results: dict[str, Any]) -> str:
     header = [
         "Per level (level 0 is the finest: strides 4, 8, 16 at the default layers), % of the test set's normal fibers",
         "below `b_n` / anomalous fibers below `b_n` / anomalous fibers below `b_a`, and `b_n` per level. A mean row",
-        "averages its categories' shares. Command: `python -m benchmarks.separation --seed S` (see its docstring).",
+        "averages its categories' shares. Command: `python -m benchmarks.separation --seed S` (see its docstring;",
+        "other study configurations: `--configs`, e.g. `--configs bgad_rpag_perlin --settings one_class`).",
         "",
         "| setting | config | category | seed | " + " | ".join(f"level {i}" for i in range(levels)) + " | b_n |",
         "|---" * (levels + 5) + "|",

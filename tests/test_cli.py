@@ -156,6 +156,12 @@ def test_preview_pseudo_command(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     assert bgad_main([*blend_args, "--output", str(tmp_path / "blend_again.png")]) == 0
     assert (tmp_path / "blend.png").read_bytes() == (tmp_path / "blend_again.png").read_bytes()
     assert (tmp_path / "blend.png").read_bytes() != output.read_bytes()
+    # Perlin joins RPAG with '+'; a source that names no generator is a usage error before any image is read.
+    assert bgad_main([*args, "--source", "rpag+perlin", "--n-samples", "4", "--output", str(tmp_path / "rp.png")]) == 0
+    assert (tmp_path / "rp.png").read_bytes() not in {output.read_bytes(), (tmp_path / "blend.png").read_bytes()}
+    with pytest.raises(SystemExit) as error:
+        bgad_main([*args, "--source", "rpag+cutpaste", "--output", str(tmp_path / "typo.png")])
+    assert error.value.code == 2 and not (tmp_path / "typo.png").exists()
 
 
 @pytest.mark.slow

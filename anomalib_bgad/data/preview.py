@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as tvf
 from torchvision.utils import make_grid
 
 from anomalib_bgad.data.datamodules.base import FewAnomalyDataModule
-from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND, source_parts
+from anomalib_bgad.data.pseudo_anomalies.sources import GENERATORS, PERLIN, RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import FewAnomalyTrainSet
 
 
@@ -61,8 +61,8 @@ def preview_pseudo_anomalies(
 ) -> Path:
     """Write a PNG grid of generated pseudo anomalies: each sample and, next to it, its pasted mask in red.
 
-    The samples are those of training (same seed, epoch and indices): with ``"both"``, the first half are RPAG
-    samples and the rest SmoothBlend samples.
+    The samples are those of training (same seed, epoch and indices): with several sources, ``num_samples`` is
+    split evenly among them, in the order RPAG, SmoothBlend, Perlin.
 
     Args:
         datamodule (FewAnomalyDataModule | str | Path | dict[str, Any]): Few-anomaly datamodule (set up if
@@ -72,8 +72,8 @@ def preview_pseudo_anomalies(
         epoch (int): Epoch whose pseudo anomalies to show (they change every epoch). Defaults to ``0``.
         columns (int): Samples per row. Defaults to ``4``.
         cell_size (int): Side of each image in the grid, in pixels. Defaults to ``192``.
-        source (str | None): ``"rpag"``, ``"smoothblend"`` or ``"both"``; ``None``: the datamodule's
-            ``pseudo_anomaly_source``. Defaults to ``None``.
+        source (str | None): ``"rpag"``, ``"smoothblend"``, ``"perlin"``, ``"both"`` or a ``+``-joined set;
+            ``None``: the datamodule's ``pseudo_anomaly_source``. Defaults to ``None``.
 
     Returns:
         Path: The written PNG.
@@ -86,18 +86,21 @@ def preview_pseudo_anomalies(
     parts = source_parts(source)
     if datamodule.selection is None:
         datamodule.setup()
-    num_rpag = (num_samples + 1) // 2 if len(parts) == 2 else (num_samples if RPAG in parts else 0)
+    share = {part: num_samples // len(parts) + (index < num_samples % len(parts)) for index, part in enumerate(parts)}
+    counts = {name: share.get(name, 0) for name in GENERATORS}
     train_set = FewAnomalyTrainSet(
         datamodule.train_data,
         seed=datamodule.seed,
-        num_rpag=num_rpag,
-        num_smoothblend=num_samples - num_rpag if SMOOTHBLEND in parts else 0,
+        num_rpag=counts[RPAG],
+        num_smoothblend=counts[SMOOTHBLEND],
+        num_perlin=counts[PERLIN],
         paste_in_foreground=datamodule._paste_in_foreground(),
     )
     if RPAG in parts and train_set.num_rpag == 0:
         msg = (
             f"{datamodule.name} has no known anomaly to paste (n_anomalies={datamodule.n_anomalies}); "
-            "set n_anomalies >= 1 to preview RPAG pseudo anomalies, or source='smoothblend' (from normal images)."
+            "set n_anomalies >= 1 to preview RPAG pseudo anomalies, or source='smoothblend' or 'perlin' (from normal "
+            "images)."
         )
         raise ValueError(msg)
     cells = []

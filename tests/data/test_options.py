@@ -79,9 +79,9 @@ def test_cli_help_documents_each_option(capsys: pytest.CaptureFixture) -> None:
 def test_ratio_and_count_are_one_type_each(mvtec_root: Path) -> None:
     ratio = FewAnomalyMVTecAD(root=mvtec_root, n_anomalies=3, pseudo_anomaly_ratio=1.5, num_workers=0)
     ratio.setup()
-    assert ratio.pseudo_anomaly_counts == {"rpag": round(1.5 * 3), "smoothblend": 0}
+    assert ratio.pseudo_anomaly_counts == {"rpag": round(1.5 * 3), "smoothblend": 0, "perlin": 0}
     ratio.pseudo_anomaly_count = 7  # a count replaces the ratio
-    assert ratio.pseudo_anomaly_counts == {"rpag": 7, "smoothblend": 0}
+    assert ratio.pseudo_anomaly_counts == {"rpag": 7, "smoothblend": 0, "perlin": 0}
     with pytest.raises(ValueError, match=r"pseudo_anomaly_count must be an integer >= 0 .* got 2\.5"):
         FewAnomalyMVTecAD(root=mvtec_root, pseudo_anomaly_count=2.5, num_workers=0)
     with pytest.raises(ValueError, match=r"pseudo_anomaly_ratio must be a number >= 0 .* got '2'"):

@@ -142,7 +142,7 @@ def test_zero_real_anomalies_with_smoothblend(mvtec_root: Path, tmp_path: Path) 
         return datamodule
 
     datamodule = build()
-    assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 4}
+    assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 4, "perlin": 0}
     normal_paths = set(datamodule.train_data.samples.image_path)
     loader = datamodule.train_dataloader()
     epochs = []
@@ -182,7 +182,7 @@ def test_both_sources_keep_the_rpag_samples(mvtec_root: Path) -> None:
         return datamodule, datamodule.train_dataloader().dataset
 
     both_module, both = train_set("both")
-    assert both_module.pseudo_anomaly_counts == {"rpag": 2, "smoothblend": 2} and both.num_pseudo == 4
+    assert both_module.pseudo_anomaly_counts == {"rpag": 2, "smoothblend": 2, "perlin": 0} and both.num_pseudo == 4
     assert [both.source_of(i) for i in range(4)] == ["rpag", "rpag", "smoothblend", "smoothblend"]
     _, rpag = train_set("rpag")
     _, smooth = train_set("smoothblend")
@@ -214,7 +214,7 @@ def test_both_sources_keep_the_rpag_samples(mvtec_root: Path) -> None:
         ),
         (
             {"pseudo_anomaly_source": "cutpaste"},
-            r"pseudo_anomaly_source must be one of \['rpag', 'smoothblend', 'both'\]",
+            r"pseudo_anomaly_source must be one of \['rpag', 'smoothblend', 'perlin'\] or several joined by '\+'",
         ),
     ],
 )
@@ -227,7 +227,7 @@ def test_zero_anomalies_with_a_ratio_stays_valid_for_rpag(mvtec_root: Path) -> N
     # The benchmark's n=0 rows share pseudo_anomaly_ratio=5.0 with the others: a ratio of no anomaly is no anomaly.
     datamodule = FewAnomalyMVTecAD(root=mvtec_root, category="bottle", n_anomalies=0, num_workers=0)
     datamodule.setup()
-    assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 0}
+    assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 0, "perlin": 0}
 
 
 @pytest.mark.parametrize("source", ["smoothblend", "both"])
@@ -245,7 +245,7 @@ def test_preview_grid(mvtec_root: Path, tmp_path: Path, source: str) -> None:
     again = preview_pseudo_anomalies(datamodule, tmp_path / "again.png", num_samples=4, columns=2, cell_size=40)
     assert np.array_equal(np.asarray(Image.open(again).convert("RGB")), grid)
     if source == "smoothblend":
-        with pytest.raises(ValueError, match=r"no known anomaly to paste \(n_anomalies=0\).*source='smoothblend'"):
+        with pytest.raises(ValueError, match=r"no known anomaly to paste \(n_anomalies=0\).*'smoothblend' or 'perlin'"):
             preview_pseudo_anomalies(datamodule, tmp_path / "x.png", source="rpag")
 
 

@@ -11,10 +11,11 @@ side-by-side comparisons use identical test data; see ``train_on_anomalies``.
 
 Pseudo anomalies are added to every training epoch (``pseudo_anomaly_source``): ``"rpag"`` pastes
 augmented known anomalies on normal images (BGAD's RPAG), ``"smoothblend"`` blends a colour-jittered patch
-of a normal image back elsewhere in it (SPD's SmoothBlend, needs no known anomaly, so BGAD's phase 2 also
-runs with ``n_anomalies=0``), ``"both"`` uses the two. Each source makes ``pseudo_anomaly_ratio`` times the
-number of known anomalies per epoch, or ``pseudo_anomaly_count`` when that is set (so with ``n_anomalies=0``
-SmoothBlend needs a count).
+of a normal image back elsewhere in it (SPD's SmoothBlend), ``"perlin"`` blends another normal image's augmented
+texture into Perlin-noise blobs (DRAEM's); the last two need no known anomaly, so BGAD's phase 2 also runs with
+``n_anomalies=0``. Several join with ``+`` (``"rpag+perlin"``; ``"both"`` is ``"rpag+smoothblend"``). Each source
+makes ``pseudo_anomaly_ratio`` times the number of known anomalies per epoch, or ``pseudo_anomaly_count`` when that
+is set (so with ``n_anomalies=0`` SmoothBlend and Perlin need a count).
 
 The few-anomaly options are declared once, in :meth:`FewAnomalyDataModule.__init__`; the concrete classes put
 it in front of an anomalib datamodule (``class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD)``), which takes
@@ -50,7 +51,7 @@ from anomalib_bgad.data.datamodules.options import (
     upgrade_init_args,
 )
 from anomalib_bgad.data.image_io import MASK_RULE
-from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND, source_parts
+from anomalib_bgad.data.pseudo_anomalies.sources import PERLIN, RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
 from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
 from anomalib_bgad.data.split.replay import changed_split_args, replayed_arguments
@@ -98,7 +99,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         setting: Literal["multi_class", "one_class"] = "multi_class",
         seen_defect_type: str | None = None,
         seed: int = 0,
-        pseudo_anomaly_source: Literal["rpag", "smoothblend", "both"] = "rpag",
+        pseudo_anomaly_source: str = "rpag",
         pseudo_anomaly_ratio: float = DEFAULT_PSEUDO_ANOMALY_RATIO,
         pseudo_anomaly_count: int | None = None,
         repeat_anomalies: int = 5,
@@ -124,10 +125,12 @@ class FewAnomalyDataModule(AnomalibDataModule):
                 Defaults to ``None``.
             seed (int): Seed of the anomaly selection, the pseudo anomalies and anomalib's random splits.
                 Defaults to ``0``.
-            pseudo_anomaly_source (Literal["rpag", "smoothblend", "both"]): ``"rpag"``: augmented known anomalies
-                pasted on normal images (BGAD). ``"smoothblend"``: a colour-jittered patch of a normal image
-                blended back elsewhere (SPD; needs no known anomaly, so it works with ``n_anomalies=0`` and a
-                ``pseudo_anomaly_count``). ``"both"``: each source makes its own. Defaults to ``"rpag"``.
+            pseudo_anomaly_source (str): ``"rpag"``: augmented known anomalies pasted on normal images (BGAD).
+                ``"smoothblend"``: a colour-jittered patch of a normal image blended back elsewhere (SPD).
+                ``"perlin"``: another normal image's augmented texture blended into Perlin-noise blobs (DRAEM).
+                The last two need no known anomaly, so they work with ``n_anomalies=0`` and a
+                ``pseudo_anomaly_count``. Several joined by ``+`` (``"rpag+perlin"``; ``"both"`` =
+                ``"rpag+smoothblend"``): each source makes its own. Defaults to ``"rpag"``.
             pseudo_anomaly_ratio (float): Pseudo anomalies per known anomaly, made per epoch by each source
                 (authors' RPAG: ``5.0``); ``0`` disables them. Defaults to ``5.0``.
             pseudo_anomaly_count (int | None): Pseudo anomalies per epoch made by each source, in place of the
@@ -578,7 +581,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
 
     @property
     def pseudo_anomaly_counts(self) -> dict[str, int]:
-        """Pseudo anomalies per epoch of each source of ``pseudo_anomaly_source`` (``{"rpag": n, "smoothblend": m}``).
+        """Pseudo anomalies per epoch of each generator (``{"rpag": n, "smoothblend": m, "perlin": k}``).
 
         Each selected source makes ``pseudo_anomaly_count`` of them when it is set, else ``pseudo_anomaly_ratio``
         times the number of known anomalies (rounded). RPAG makes none without known anomalies.
@@ -592,6 +595,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         return {
             RPAG: count if RPAG in parts and known else 0,
             SMOOTHBLEND: count if SMOOTHBLEND in parts else 0,
+            PERLIN: count if PERLIN in parts else 0,
         }
 
     @property
@@ -626,6 +630,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             seed=self.seed,
             num_rpag=counts[RPAG],
             num_smoothblend=counts[SMOOTHBLEND],
+            num_perlin=counts[PERLIN],
             paste_in_foreground=self._paste_in_foreground(),
         )
         if self.repeat_anomalies == 0 and len(train_set.anomaly_rows):

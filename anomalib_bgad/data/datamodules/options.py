@@ -21,7 +21,7 @@ import os
 import warnings
 from typing import Any
 
-from anomalib_bgad.data.pseudo_anomalies.sources import BOTH, RPAG, SMOOTHBLEND, source_parts
+from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, source_parts
 from anomalib_bgad.data.split.selection import Setting
 
 MAX_DEFAULT_WORKERS = 8
@@ -167,7 +167,8 @@ def check_options(
         n_anomalies (int): Known anomalies. Defaults to ``10``.
         setting (str): ``multi_class`` or ``one_class``. Defaults to ``"multi_class"``.
         seed (int): Selection seed. Defaults to ``0``.
-        pseudo_anomaly_source (str): ``rpag``, ``smoothblend`` or ``both``. Defaults to ``"rpag"``.
+        pseudo_anomaly_source (str): ``rpag``, ``smoothblend``, ``perlin``, ``both`` or a ``+``-joined set.
+            Defaults to ``"rpag"``.
         pseudo_anomaly_ratio (float): Pseudo anomalies per known anomaly, per source and epoch. Defaults to ``5.0``.
         pseudo_anomaly_count (int | None): Pseudo anomalies per source and epoch, replacing the ratio.
             Defaults to ``None``.
@@ -221,19 +222,18 @@ def check_options(
         msg = (
             f"pseudo_anomaly_source={pseudo_anomaly_source!r} asks for {pseudo_anomaly_count} RPAG pseudo anomalies "
             "per epoch (pseudo_anomaly_count), but n_anomalies=0: RPAG pastes known anomalies and there is none. Set "
-            "n_anomalies >= 1, pseudo_anomaly_source='smoothblend' (pseudo anomalies from normal images alone), or "
+            "n_anomalies >= 1, pseudo_anomaly_source='smoothblend' or 'perlin' (pseudo anomalies from normal images "
+            "alone), or "
             "pseudo_anomaly_count=0."
         )
         raise ValueError(msg)
-    if SMOOTHBLEND in parts and pseudo_anomaly_count is None and pseudo_anomaly_ratio > 0:
+    from_normals = [part for part in parts if part != RPAG]
+    if from_normals and pseudo_anomaly_count is None and pseudo_anomaly_ratio > 0:
+        names = "+".join(from_normals)
         msg = (
             f"pseudo_anomaly_ratio={pseudo_anomaly_ratio!r} is a ratio of the known anomalies, and n_anomalies=0: "
-            f"pseudo_anomaly_source={pseudo_anomaly_source!r} would make no SmoothBlend pseudo anomaly. Set a count "
+            f"pseudo_anomaly_source={pseudo_anomaly_source!r} would make no {names} pseudo anomaly. Set a count "
             "per epoch instead (pseudo_anomaly_count, e.g. 50)"
-            + (
-                ", and pseudo_anomaly_source='smoothblend' (RPAG needs known anomalies)."
-                if pseudo_anomaly_source == BOTH
-                else "."
-            )
+            + (f", and pseudo_anomaly_source={names!r} (RPAG needs known anomalies)." if RPAG in parts else ".")
         )
         raise ValueError(msg)

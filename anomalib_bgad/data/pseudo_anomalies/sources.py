@@ -4,28 +4,36 @@ RPAG = "rpag"
 """BGAD's copy-paste of augmented known anomalies onto normal images (:mod:`.rpag`)."""
 SMOOTHBLEND = "smoothblend"
 """SPD's blend of a colour-jittered patch of a normal image back into it (:mod:`.smoothblend`)."""
+PERLIN = "perlin"
+"""DRAEM's Perlin-noise blobs filled with another normal image's augmented texture (:mod:`.perlin`)."""
+GENERATORS = (RPAG, SMOOTHBLEND, PERLIN)
+"""Every generator, in the order a training epoch's pseudo indices take them."""
 BOTH = "both"
-PSEUDO_ANOMALY_SOURCES = (RPAG, SMOOTHBLEND, BOTH)
-"""Values of the datamodules' ``pseudo_anomaly_source``."""
+"""Alias of ``rpag+smoothblend``."""
+PSEUDO_ANOMALY_SOURCES = (RPAG, SMOOTHBLEND, PERLIN, BOTH, f"{RPAG}+{PERLIN}")
+"""Common values of the datamodules' ``pseudo_anomaly_source``; any ``+``-joined set of :data:`GENERATORS` works."""
 
 
 def source_parts(source: str) -> tuple[str, ...]:
-    """The generators of a ``pseudo_anomaly_source`` value: ``("rpag",)``, ``("smoothblend",)`` or both.
+    """The generators of a ``pseudo_anomaly_source`` value, in :data:`GENERATORS` order.
 
     Args:
-        source (str): ``"rpag"``, ``"smoothblend"`` or ``"both"``.
+        source (str): A generator name, ``+``-joined names (``"rpag+perlin"``), or ``"both"``
+            (``rpag+smoothblend``).
 
     Returns:
-        tuple[str, ...]: Generator names.
+        tuple[str, ...]: Generator names, e.g. ``("rpag", "perlin")``.
 
     Raises:
-        ValueError: If ``source`` is none of :data:`PSEUDO_ANOMALY_SOURCES`.
+        ValueError: If ``source`` names no generator, an unknown one, or one twice.
     """
-    if source not in PSEUDO_ANOMALY_SOURCES:
+    names = (RPAG, SMOOTHBLEND) if source == BOTH else tuple(str(source).split("+"))
+    if not names or any(name not in GENERATORS for name in names) or len(set(names)) != len(names):
         msg = (
-            f"pseudo_anomaly_source must be one of {list(PSEUDO_ANOMALY_SOURCES)}, got {source!r}: 'rpag' pastes "
-            "augmented known anomalies on normal images, 'smoothblend' blends a colour-jittered patch of a normal "
-            "image back elsewhere (needs no known anomaly), 'both' uses the two."
+            f"pseudo_anomaly_source must be one of {list(GENERATORS)} or several joined by '+' (e.g. 'rpag+perlin'; "
+            f"'both' = 'rpag+smoothblend'), got {source!r}: 'rpag' pastes augmented known anomalies on normal "
+            "images, 'smoothblend' blends a colour-jittered patch of a normal image back elsewhere, 'perlin' blends "
+            "another normal image's augmented texture into Perlin-noise blobs (the last two need no known anomaly)."
         )
         raise ValueError(msg)
-    return (RPAG, SMOOTHBLEND) if source == BOTH else (source,)
+    return tuple(name for name in GENERATORS if name in names)

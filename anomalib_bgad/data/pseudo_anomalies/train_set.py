@@ -1,14 +1,16 @@
-"""Training set with known anomalies and per-epoch pseudo anomalies (RPAG and/or SmoothBlend).
+"""Training set with known anomalies and per-epoch pseudo anomalies (RPAG, SmoothBlend and/or Perlin).
 
 :class:`FewAnomalyTrainSet` wraps the datamodule's training dataset (normal images and known
 anomalies, read by anomalib's dataset) and appends pseudo-anomaly indices: first ``num_rpag`` RPAG
 ones (a known anomaly pasted on a normal image, :mod:`.rpag`), then ``num_smoothblend`` SmoothBlend
-ones (a patch of a normal image blended back elsewhere, :mod:`.smoothblend`; needs no known anomaly).
+ones (a patch of a normal image blended back elsewhere, :mod:`.smoothblend`), then ``num_perlin`` Perlin
+ones (another normal image's augmented texture in Perlin-noise blobs, :mod:`.perlin`); the last two need
+no known anomaly.
 :class:`EpochSampler` yields ``(epoch, index)`` keys: normal images once, known anomalies
 ``repeat_anomalies`` times and every pseudo index once per epoch, shuffled by
 ``rng([seed, epoch])``. A pseudo item is generated from ``rng([seed, source, epoch, index])`` only, so it
-is the same whatever the worker count, and different in every epoch; the two sources use separate
-random streams, so adding SmoothBlend leaves the RPAG samples unchanged.
+is the same whatever the worker count, and different in every epoch; the sources use separate
+random streams, so adding one leaves the others' samples unchanged.
 
 Lightning calls ``sampler.set_epoch(epoch)`` on the training dataloader's sampler at the start of
 every epoch (it does so for any sampler with that method), so the epochs are refreshed with no
@@ -34,17 +36,19 @@ from torchvision.tv_tensors import Mask
 
 from anomalib_bgad.data.image_io import MASK_RULE, read_image, read_mask
 from anomalib_bgad.data.pseudo_anomalies.foreground import compute_foreground
+from anomalib_bgad.data.pseudo_anomalies.perlin import generate_perlin
 from anomalib_bgad.data.pseudo_anomalies.rpag import generate_pseudo_anomaly
 from anomalib_bgad.data.pseudo_anomalies.smoothblend import generate_smoothblend
-from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, SMOOTHBLEND
+from anomalib_bgad.data.pseudo_anomalies.sources import PERLIN, RPAG, SMOOTHBLEND
 
 _PSEUDO_STREAM = 1  # separates the pseudo-anomaly random streams from the shuffling stream
 _SHUFFLE_STREAM = 2
 _SMOOTHBLEND_STREAM = 3
+_PERLIN_STREAM = 4
 
 
 class FewAnomalyTrainSet(Dataset):
-    """Known anomalies and normal images of ``base``, plus RPAG and SmoothBlend pseudo anomalies per epoch.
+    """Known anomalies and normal images of ``base``, plus RPAG, SmoothBlend and Perlin pseudo anomalies per epoch.
 
     Args:
         base (AnomalibDataset): Training dataset (``label_index`` 0 = normal, 1 = known anomaly with mask).
@@ -52,13 +56,15 @@ class FewAnomalyTrainSet(Dataset):
         num_rpag (int): RPAG pseudo anomalies per epoch (indices ``len(base)`` .. ``len(base) + num_rpag - 1``).
             Defaults to ``0``.
         num_smoothblend (int): SmoothBlend pseudo anomalies per epoch, after the RPAG indices. Defaults to ``0``.
+        num_perlin (int): Perlin pseudo anomalies per epoch, after the SmoothBlend indices. Defaults to ``0``.
         paste_in_foreground (bool): Paste inside the normal image's foreground (object categories).
             Defaults to ``False``.
 
     Attributes:
         num_rpag (int): RPAG pseudo anomalies per epoch (0 without known anomalies or normal images).
         num_smoothblend (int): SmoothBlend pseudo anomalies per epoch (0 without normal images).
-        num_pseudo (int): All pseudo anomalies per epoch, ``num_rpag + num_smoothblend``.
+        num_perlin (int): Perlin pseudo anomalies per epoch (0 without normal images).
+        num_pseudo (int): All pseudo anomalies per epoch, ``num_rpag + num_smoothblend + num_perlin``.
 
     Raises:
         ValueError: If ``num_rpag > 0`` and a known anomaly's mask marks no defect pixel (names the file).
@@ -70,6 +76,7 @@ class FewAnomalyTrainSet(Dataset):
         seed: int,
         num_rpag: int = 0,
         num_smoothblend: int = 0,
+        num_perlin: int = 0,
         paste_in_foreground: bool = False,
     ) -> None:
         super().__init__()
@@ -80,12 +87,13 @@ class FewAnomalyTrainSet(Dataset):
         if num_rpag > 0 and (len(self.normal_rows) == 0 or len(self.anomaly_rows) == 0):
             num_rpag = 0  # nothing to paste, or nothing to paste on
         if len(self.normal_rows) == 0:
-            num_smoothblend = 0  # nothing to blend
+            num_smoothblend = num_perlin = 0  # nothing to blend
         if num_rpag > 0:
             self._check_rpag_sources()
         self.num_rpag = num_rpag
         self.num_smoothblend = num_smoothblend
-        self.num_pseudo = num_rpag + num_smoothblend
+        self.num_perlin = num_perlin
+        self.num_pseudo = num_rpag + num_smoothblend + num_perlin
         self.seed = seed
         self.paste_in_foreground = paste_in_foreground
 
@@ -125,15 +133,17 @@ class FewAnomalyTrainSet(Dataset):
         return self.pseudo_item(epoch, index - len(self.base))
 
     def source_of(self, pseudo_index: int) -> str:
-        """Generator of a pseudo index: ``"rpag"`` for the first ``num_rpag``, then ``"smoothblend"``.
+        """Generator of a pseudo index: ``"rpag"`` for the first ``num_rpag``, then ``"smoothblend"``, ``"perlin"``.
 
         Args:
             pseudo_index (int): Index among the epoch's pseudo anomalies.
 
         Returns:
-            str: ``"rpag"`` or ``"smoothblend"``.
+            str: ``"rpag"``, ``"smoothblend"`` or ``"perlin"``.
         """
-        return RPAG if pseudo_index < self.num_rpag else SMOOTHBLEND
+        if pseudo_index < self.num_rpag:
+            return RPAG
+        return SMOOTHBLEND if pseudo_index < self.num_rpag + self.num_smoothblend else PERLIN
 
     def _foreground(self, image: torch.Tensor) -> np.ndarray | None:
         return compute_foreground(image.permute(1, 2, 0).numpy()) if self.paste_in_foreground else None
@@ -143,15 +153,19 @@ class FewAnomalyTrainSet(Dataset):
 
         Args:
             epoch (int): Epoch.
-            pseudo_index (int): Index among the epoch's pseudo anomalies (RPAG first, then SmoothBlend).
+            pseudo_index (int): Index among the epoch's pseudo anomalies (RPAG first, then SmoothBlend, then
+                Perlin).
 
         Returns:
             tuple[torch.Tensor, torch.Tensor, str, str]: Image ``(3, H, W)``, boolean mask ``(H, W)``,
             the normal image path and the source path (the known anomaly for RPAG, the normal image itself
-            for SmoothBlend).
+            for SmoothBlend, the texture's normal image for Perlin).
         """
-        if self.source_of(pseudo_index) == SMOOTHBLEND:
+        source = self.source_of(pseudo_index)
+        if source == SMOOTHBLEND:
             return self._generate_smoothblend(epoch, pseudo_index - self.num_rpag)
+        if source == PERLIN:
+            return self._generate_perlin(epoch, pseudo_index - self.num_rpag - self.num_smoothblend)
         rng = np.random.default_rng([self.seed, _PSEUDO_STREAM, epoch, pseudo_index])
         samples = self.base.samples
         anomaly = samples.iloc[int(self.anomaly_rows[rng.integers(len(self.anomaly_rows))])]
@@ -172,6 +186,16 @@ class FewAnomalyTrainSet(Dataset):
         normal_image = read_image(normal.image_path).as_subclass(torch.Tensor)
         image, mask = generate_smoothblend(normal_image, rng, self._foreground(normal_image))
         return image, mask, str(normal.image_path), str(normal.image_path)
+
+    def _generate_perlin(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor, str, str]:
+        rng = np.random.default_rng([self.seed, _PERLIN_STREAM, epoch, index])
+        samples = self.base.samples
+        rows = rng.choice(self.normal_rows, size=min(2, len(self.normal_rows)), replace=False)
+        normal, texture = samples.iloc[int(rows[0])], samples.iloc[int(rows[-1])]
+        normal_image = read_image(normal.image_path).as_subclass(torch.Tensor)
+        texture_image = read_image(texture.image_path).as_subclass(torch.Tensor)
+        image, mask = generate_perlin(normal_image, texture_image, rng, self._foreground(normal_image))
+        return image, mask, str(normal.image_path), str(texture.image_path)
 
     def pseudo_item(self, epoch: int, pseudo_index: int) -> ImageItem:
         """Pseudo anomaly as an anomalib item, after the base dataset's augmentations (e.g. the model resize).

@@ -77,8 +77,9 @@ class SplitManifest:
         train_images (list[str]): Normal training images.
         test_images (list[str]): Final test images.
         init_args (dict[str, Any]): JSON-serialisable datamodule arguments (replayed by ``from_manifest``).
-        pseudo_anomaly_source (str): Pseudo anomalies of the run: ``rpag``, ``smoothblend`` or ``both`` (not part
-            of the split: a replay may change it). ``rpag`` for manifests written before it was recorded.
+        pseudo_anomaly_source (str): Pseudo anomalies of the run: ``rpag``, ``smoothblend``, ``perlin``, ``both``
+            or a ``+``-joined set (not part of the split: a replay may change it). ``rpag`` for manifests written
+            before it was recorded.
         mask_rule (str): How mask files were read into defect pixels (``anomalib_bgad.data.image_io.MASK_RULE``);
             manifests written before it was recorded read masks by :data:`LEGACY_MASK_RULE`.
         package_version (str): ``anomalib_bgad`` version.

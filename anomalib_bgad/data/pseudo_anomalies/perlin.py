@@ -1,0 +1,107 @@
+"""Perlin pseudo anomalies: DRAEM's texture-wide blobs, made with anomalib's Perlin generator.
+
+DRAEM (Zavrtanik et al., ICCV 2021) thresholds 2-D Perlin noise into irregular blobs that can cover a large
+part of the image, and fills them with an augmented texture. Unlike RPAG (pasted copies of the seen defect
+type) and SmoothBlend (a small patch), these regions follow no defect's shape: they stand for the unseen types
+that differ from the normal texture anywhere and at any size.
+
+The pieces are anomalib's (:mod:`anomalib.data.utils.generators.perlin`, used by its DRAEM and GLASS models):
+
+* **Mask**: :func:`~anomalib.data.utils.generators.perlin.generate_perlin_noise` at a random scale of
+  ``2**0 .. 2**5`` cells per side, rotated by ``PerlinAnomalyGenerator``'s random affine (-90 to 90 degrees),
+  thresholded at ``0.5`` (DRAEM's threshold; the blobs cover about 2-7 % of a 256 px image). With a
+  ``foreground`` (object categories) the mask is cut to it. A mask under 0.5 % of the image (or foreground) is
+  drawn again, up to 10 times, then the noise's top 10 % on that region is taken (this project's choices).
+* **Texture**: another normal image of the training set (DRAEM draws from DTD, which an offline machine does
+  not have), resized to the image and changed by 3 of ``PerlinAnomalyGenerator``'s augmenters (contrast,
+  brightness, sharpness, hue/saturation, solarize, posterize, invert, AutoAugment, equalize, affine).
+* **Blend** (DRAEM, Eq. 1; anomalib's default factor range): ``out = (1 - m) * image + m * (beta * texture +
+  (1 - beta) * image)`` with ``beta`` uniform in ``(0.2, 1.0)``.
+
+anomalib's generator draws from torch's global random state; here it runs under
+:func:`torch.random.fork_rng` seeded from the ``numpy.random.Generator`` passed in, so a sample is a pure
+function of its inputs and that generator's seed, and the caller's torch random state is left untouched.
+
+Example:
+    >>> import numpy as np, torch
+    >>> image, texture = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    >>> out, mask = generate_perlin(image, texture, np.random.default_rng(0))
+    >>> bool(mask.any()), torch.equal(out[:, ~mask], image[:, ~mask])
+    (True, True)
+"""
+
+import numpy as np
+import torch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator, generate_perlin_noise
+from torchvision.transforms.v2 import functional as tvf
+
+THRESHOLD = 0.5
+BLEND = (0.2, 1.0)
+MIN_SHARE = 0.005
+"""Smallest share of the image (or of its foreground) a mask covers; smaller blobs are drawn again."""
+FALLBACK_SHARE = 0.1
+"""Share of the region taken, at the noise's highest values, when every draw stays below ``MIN_SHARE``."""
+_ATTEMPTS = 10
+_CPU = torch.device("cpu")
+
+
+def _mask(generator: PerlinAnomalyGenerator, height: int, width: int, foreground: torch.Tensor | None) -> torch.Tensor:
+    """Boolean ``(H, W)`` Perlin blob mask covering at least ``MIN_SHARE`` of the region (image or foreground)."""
+    region = torch.ones(height, width, dtype=torch.bool)
+    if foreground is not None and foreground.any():
+        region = foreground
+    smallest = MIN_SHARE * int(region.sum())
+    for _ in range(_ATTEMPTS):
+        noise = generate_perlin_noise(height, width, device=_CPU)
+        noise = generator.perlin_rotation_transform(noise[None])[0]
+        mask = region & (noise > THRESHOLD)
+        if mask.sum() >= smallest:
+            return mask
+    # Blobs that keep missing a small object: take the noise's highest values on it.
+    cut = torch.quantile(noise[region], 1.0 - FALLBACK_SHARE)
+    return region & (noise >= cut)
+
+
+def generate_perlin(
+    image: torch.Tensor,
+    texture: torch.Tensor,
+    rng: np.random.Generator,
+    foreground: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend an augmented texture into ``image`` inside a thresholded Perlin-noise mask.
+
+    Args:
+        image (torch.Tensor): ``(3, H, W)`` float normal image in ``[0, 1]``.
+        texture (torch.Tensor): ``(3, h, w)`` float image in ``[0, 1]`` (another normal image); resized to
+            ``(H, W)``.
+        rng (np.random.Generator): Source of randomness (seeds anomalib's generator).
+        foreground (np.ndarray | None): ``(H, W)`` boolean foreground (object categories): the mask stays on it.
+            ``None``: anywhere. Defaults to ``None``.
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: The image with the blended blobs ``(3, H, W)`` in ``[0, 1]``, and
+        the boolean mask ``(H, W)`` (never empty). Every pixel outside the mask equals ``image``'s.
+
+    Raises:
+        ValueError: If ``image`` or ``texture`` is not ``(3, H, W)``, or ``foreground`` has another size.
+    """
+    if image.ndim != 3 or image.shape[0] != 3 or texture.ndim != 3 or texture.shape[0] != 3:
+        msg = f"image and texture must be (3, H, W), got {tuple(image.shape)} and {tuple(texture.shape)}."
+        raise ValueError(msg)
+    height, width = image.shape[1:]
+    fg = None
+    if foreground is not None:
+        if foreground.shape != (height, width):
+            msg = f"foreground must be {(height, width)} like the image, got {foreground.shape}."
+            raise ValueError(msg)
+        fg = torch.from_numpy(np.asarray(foreground, dtype=bool))
+    beta = float(rng.uniform(*BLEND))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2**63 - 1)))
+        generator = PerlinAnomalyGenerator(blend_factor=BLEND)
+        mask = _mask(generator, height, width, fg)
+        if texture.shape[1:] != image.shape[1:]:
+            texture = tvf.resize_image(texture, [height, width], antialias=True)
+        texture = generator.augmenters(texture.clamp(0.0, 1.0)).clamp(0.0, 1.0)
+    blended = beta * texture + (1.0 - beta) * image
+    return torch.where(mask, blended, image), mask

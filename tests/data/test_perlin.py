@@ -1,0 +1,121 @@
+"""Perlin pseudo anomalies: determinism, exact masks, the caller's random state, sources and datamodule wiring."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomalib_bgad.data import FewAnomalyMVTecAD, generate_perlin
+from anomalib_bgad.data.image_io import read_image
+from anomalib_bgad.data.pseudo_anomalies import source_parts
+from anomalib_bgad.data.pseudo_anomalies.perlin import MIN_SHARE
+
+
+def pair(size: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    image, texture = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return image, texture
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_only_mask_pixels_change_and_the_mask_is_never_tiny(seed: int) -> None:
+    image, texture = pair(seed=seed)
+    out, mask = generate_perlin(image, texture, np.random.default_rng(seed))
+    assert out.shape == image.shape and mask.shape == image.shape[1:] and mask.dtype == torch.bool
+    assert mask.sum() >= MIN_SHARE * mask.numel()
+    assert torch.equal(out[:, ~mask], image[:, ~mask])
+    assert (out != image).any(0)[mask].float().mean() > 0.5  # the blend changes the blobs
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_same_seed_same_sample_and_the_callers_torch_state_is_untouched() -> None:
+    image, texture = pair()
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = generate_perlin(image, texture, np.random.default_rng([5, 1]))
+    again = generate_perlin(image, texture, np.random.default_rng([5, 1]))
+    assert torch.equal(torch.rand(3), expected_next)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    others = [generate_perlin(image, texture, np.random.default_rng([5, seed]))[1] for seed in range(2, 6)]
+    assert all(not torch.equal(first[1], other) for other in others)
+
+
+def test_the_texture_is_resized_and_the_foreground_bounds_the_mask() -> None:
+    image, _ = pair(size=80)
+    texture = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1))
+    foreground = np.zeros((80, 80), dtype=bool)
+    foreground[30:46, 20:60] = True  # a small object: blobs often miss it, then the noise's top share is taken
+    for seed in range(6):
+        out, mask = generate_perlin(image, texture, np.random.default_rng(seed), foreground)
+        assert mask.any() and not mask[~torch.from_numpy(foreground)].any()
+        assert torch.equal(out[:, ~mask], image[:, ~mask])
+
+
+def test_bad_shapes_fail_clearly() -> None:
+    image, texture = pair()
+    with pytest.raises(ValueError, match=r"must be \(3, H, W\), got \(96, 96\)"):
+        generate_perlin(image[0], texture, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"foreground must be \(96, 96\)"):
+        generate_perlin(image, texture, np.random.default_rng(0), np.ones((10, 10), dtype=bool))
+
+
+@pytest.mark.parametrize(
+    ("source", "parts"),
+    [
+        ("perlin", ("perlin",)),
+        ("rpag+perlin", ("rpag", "perlin")),
+        ("perlin+rpag", ("rpag", "perlin")),
+        ("both", ("rpag", "smoothblend")),
+        ("smoothblend+perlin+rpag", ("rpag", "smoothblend", "perlin")),
+    ],
+)
+def test_source_parts(source: str, parts: tuple[str, ...]) -> None:
+    assert source_parts(source) == parts
+
+
+@pytest.mark.parametrize("source", ["", "cutpaste", "rpag+rpag", "rpag+", "both+perlin"])
+def test_unknown_sources_fail_clearly(source: str) -> None:
+    with pytest.raises(ValueError, match=r"one of \['rpag', 'smoothblend', 'perlin'\] or several joined by '\+'"):
+        source_parts(source)
+
+
+def test_rpag_plus_perlin_in_training_keeps_the_rpag_samples(mvtec_root: Path) -> None:
+    def build(source: str) -> FewAnomalyMVTecAD:
+        datamodule = FewAnomalyMVTecAD(
+            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_count=2, pseudo_anomaly_source=source,
+            num_workers=0, train_on_anomalies=True, paste_in_foreground=False,
+        )  # fmt: skip
+        datamodule.setup()
+        return datamodule
+
+    datamodule = build("rpag+perlin")
+    assert datamodule.pseudo_anomaly_counts == {"rpag": 2, "smoothblend": 0, "perlin": 2}
+    train_set = datamodule.train_dataloader().dataset
+    assert [train_set.source_of(i) for i in range(4)] == ["rpag", "rpag", "perlin", "perlin"]
+    rpag = build("rpag").train_dataloader().dataset
+    for index in range(2):
+        assert torch.equal(train_set.generate(1, index)[0], rpag.generate(1, index)[0])
+    # A Perlin sample blends another normal image's texture into a normal image; only its mask changes.
+    image, mask, normal, texture = train_set.generate(0, 2)
+    samples = datamodule.train_data.samples
+    normals = set(samples.image_path[samples.label_index == 0])
+    assert normal in normals and texture in normals and normal != texture
+    assert torch.equal(image[:, ~mask], read_image(normal)[:, ~mask])
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(0)
+    pseudo = [item for batch in loader for item in batch if item.gt_label and item.image_path in normals]
+    assert len(pseudo) == 4 and all(item.gt_mask.any() for item in pseudo)
+
+
+def test_perlin_without_known_anomalies_needs_a_count(mvtec_root: Path) -> None:
+    with pytest.raises(ValueError, match=r"would make no perlin pseudo anomaly.*pseudo_anomaly_source='perlin'"):
+        FewAnomalyMVTecAD(
+            root=mvtec_root, category="bottle", n_anomalies=0, pseudo_anomaly_source="rpag+perlin", num_workers=0
+        )
+    datamodule = FewAnomalyMVTecAD(
+        root=mvtec_root, category="bottle", n_anomalies=0, pseudo_anomaly_source="perlin", pseudo_anomaly_count=3,
+        num_workers=0,
+    )  # fmt: skip
+    datamodule.setup()
+    assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 0, "perlin": 3}
