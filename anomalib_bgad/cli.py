@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_pseudo_source,
         default="rpag",
         help="pseudo-anomaly source: rpag (pastes known anomalies), smoothblend or perlin (need none), or several "
-        "joined by '+' (rpag+perlin; both = rpag+smoothblend)",
+        "joined by '+' (rpag+perlin; both = rpag+smoothblend); the grid then shows them in the order RPAG, "
+        "SmoothBlend, Perlin, an equal share each",
     )
     preview.add_argument("--output", type=Path, default=Path("results/pseudo_anomalies.png"))
     preview.set_defaults(handler=_preview_pseudo)

@@ -1,4 +1,4 @@
-"""Preview grid of pseudo anomalies (RPAG and/or SmoothBlend), to check them by eye before training.
+"""Preview grid of pseudo anomalies (RPAG, SmoothBlend and/or Perlin), to check them by eye before training.
 
 Example:
     >>> from anomalib_bgad.data import FewAnomalyMVTecAD, preview_pseudo_anomalies

@@ -1,5 +1,6 @@
 """Perlin pseudo anomalies: determinism, exact masks, the caller's random state, sources and datamodule wiring."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,22 @@ def test_source_parts(source: str, parts: tuple[str, ...]) -> None:
     assert source_parts(source) == parts
 
 
-@pytest.mark.parametrize("source", ["", "cutpaste", "rpag+rpag", "rpag+", "both+perlin"])
-def test_unknown_sources_fail_clearly(source: str) -> None:
-    with pytest.raises(ValueError, match=r"one of \['rpag', 'smoothblend', 'perlin'\] or several joined by '\+'"):
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("", r"unknown \[''\]"),
+        ("rpag+cutpaste", r"unknown \['cutpaste'\]"),
+        ("rpag+perlin+rpag", r"named twice \['rpag'\]"),
+        ("rpag+", r"unknown \[''\]"),
+        ("both+perlin", r"unknown \['both'\]"),
+        ("RPAG", r"unknown \['RPAG'\]; names are lower case"),
+    ],
+)
+def test_unknown_sources_fail_clearly(source: str, problem: str) -> None:
+    expected = r"one of \['rpag', 'smoothblend', 'perlin'\] or several joined by '\+'"
+    with pytest.raises(ValueError, match=expected) as error:
         source_parts(source)
+    assert re.search(problem, str(error.value)), str(error.value)
 
 
 def test_rpag_plus_perlin_in_training_keeps_the_rpag_samples(mvtec_root: Path) -> None:

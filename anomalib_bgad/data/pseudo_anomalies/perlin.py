@@ -1,15 +1,15 @@
 """Perlin pseudo anomalies: DRAEM's texture-wide blobs, made with anomalib's Perlin generator.
 
-DRAEM (Zavrtanik et al., ICCV 2021) thresholds 2-D Perlin noise into irregular blobs that can cover a large
-part of the image, and fills them with an augmented texture. Unlike RPAG (pasted copies of the seen defect
-type) and SmoothBlend (a small patch), these regions follow no defect's shape: they stand for the unseen types
-that differ from the normal texture anywhere and at any size.
+DRAEM (Zavrtanik et al., ICCV 2021) thresholds 2-D Perlin noise into irregular blobs anywhere in the image (one
+large blob or up to a hundred small ones, elongated or round), and fills them with an augmented texture. Unlike
+RPAG (pasted copies of the seen defect type) and SmoothBlend (a small patch), these regions follow no defect's
+shape: they stand for the unseen types that differ from the normal texture anywhere and at any size.
 
 The pieces are anomalib's (:mod:`anomalib.data.utils.generators.perlin`, used by its DRAEM and GLASS models):
 
 * **Mask**: :func:`~anomalib.data.utils.generators.perlin.generate_perlin_noise` at a random scale of
   ``2**0 .. 2**5`` cells per side, rotated by ``PerlinAnomalyGenerator``'s random affine (-90 to 90 degrees),
-  thresholded at ``0.5`` (DRAEM's threshold; the blobs cover about 2-7 % of a 256 px image). With a
+  thresholded at ``0.5`` (DRAEM's threshold; the blobs cover about 2-12 % of the image). With a
   ``foreground`` (object categories) the mask is cut to it. A mask under 0.5 % of the image (or foreground) is
   drawn again, up to 10 times, then the noise's top 10 % on that region is taken (this project's choices).
 * **Texture**: another normal image of the training set (DRAEM draws from DTD, which an offline machine does

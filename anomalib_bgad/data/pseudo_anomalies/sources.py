@@ -28,10 +28,14 @@ def source_parts(source: str) -> tuple[str, ...]:
         ValueError: If ``source`` names no generator, an unknown one, or one twice.
     """
     names = (RPAG, SMOOTHBLEND) if source == BOTH else tuple(str(source).split("+"))
-    if not names or any(name not in GENERATORS for name in names) or len(set(names)) != len(names):
+    unknown = [name for name in names if name not in GENERATORS]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if unknown or repeated:
+        problem = f"unknown {unknown}" if unknown else f"named twice {repeated}"
         msg = (
             f"pseudo_anomaly_source must be one of {list(GENERATORS)} or several joined by '+' (e.g. 'rpag+perlin'; "
-            f"'both' = 'rpag+smoothblend'), got {source!r}: 'rpag' pastes augmented known anomalies on normal "
+            f"'both' = 'rpag+smoothblend'), got {source!r} ({problem}; names are lower case): 'rpag' pastes "
+            "augmented known anomalies on normal "
             "images, 'smoothblend' blends a colour-jittered patch of a normal image back elsewhere, 'perlin' blends "
             "another normal image's augmented texture into Perlin-noise blobs (the last two need no known anomaly)."
         )
