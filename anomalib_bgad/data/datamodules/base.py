@@ -51,7 +51,7 @@ from anomalib_bgad.data.datamodules.options import (
     upgrade_init_args,
 )
 from anomalib_bgad.data.image_io import MASK_RULE
-from anomalib_bgad.data.pseudo_anomalies.sources import PERLIN, RPAG, SMOOTHBLEND, source_parts
+from anomalib_bgad.data.pseudo_anomalies.sources import GENERATORS, PERLIN, RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
 from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
 from anomalib_bgad.data.split.replay import changed_split_args, replayed_arguments
@@ -592,11 +592,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         else:
             count = round(self.pseudo_anomaly_ratio * known)
         parts = source_parts(self.pseudo_anomaly_source)
-        return {
-            RPAG: count if RPAG in parts and known else 0,
-            SMOOTHBLEND: count if SMOOTHBLEND in parts else 0,
-            PERLIN: count if PERLIN in parts else 0,
-        }
+        return {name: count if name in parts and (known or name != RPAG) else 0 for name in GENERATORS}
 
     @property
     def num_pseudo_anomalies(self) -> int:

@@ -223,8 +223,7 @@ def check_options(
             f"pseudo_anomaly_source={pseudo_anomaly_source!r} asks for {pseudo_anomaly_count} RPAG pseudo anomalies "
             "per epoch (pseudo_anomaly_count), but n_anomalies=0: RPAG pastes known anomalies and there is none. Set "
             "n_anomalies >= 1, pseudo_anomaly_source='smoothblend' or 'perlin' (pseudo anomalies from normal images "
-            "alone), or "
-            "pseudo_anomaly_count=0."
+            "alone), or pseudo_anomaly_count=0."
         )
         raise ValueError(msg)
     from_normals = [part for part in parts if part != RPAG]

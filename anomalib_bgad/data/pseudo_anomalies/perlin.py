@@ -98,7 +98,7 @@ def generate_perlin(
     beta = float(rng.uniform(*BLEND))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(rng.integers(2**63 - 1)))
-        generator = PerlinAnomalyGenerator(blend_factor=BLEND)
+        generator = PerlinAnomalyGenerator()  # only its rotation and augmenters are used; the blend is below
         mask = _mask(generator, height, width, fg)
         if texture.shape[1:] != image.shape[1:]:
             texture = tvf.resize_image(texture, [height, width], antialias=True)

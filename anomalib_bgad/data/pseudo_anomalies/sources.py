@@ -35,9 +35,9 @@ def source_parts(source: str) -> tuple[str, ...]:
         msg = (
             f"pseudo_anomaly_source must be one of {list(GENERATORS)} or several joined by '+' (e.g. 'rpag+perlin'; "
             f"'both' = 'rpag+smoothblend'), got {source!r} ({problem}; names are lower case): 'rpag' pastes "
-            "augmented known anomalies on normal "
-            "images, 'smoothblend' blends a colour-jittered patch of a normal image back elsewhere, 'perlin' blends "
-            "another normal image's augmented texture into Perlin-noise blobs (the last two need no known anomaly)."
+            "augmented known anomalies on normal images, 'smoothblend' blends a colour-jittered patch of a normal "
+            "image back elsewhere, 'perlin' blends another normal image's augmented texture into Perlin-noise blobs "
+            "(the last two need no known anomaly)."
         )
         raise ValueError(msg)
     return tuple(name for name in GENERATORS if name in names)
