@@ -66,7 +66,8 @@ def _preview_pseudo(args: argparse.Namespace) -> None:
     print(f"Wrote {path}")
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
+    """argparse ``type`` for counts that must be ``>= 1`` (epochs, sizes); a usage error names the value."""
     number = int(value)
     if number < 1:
         msg = f"must be an integer >= 1, got {value}"
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--categories", nargs="+", default=None, help="categories to run (default: all)")
     demo.add_argument(
-        "--epochs", type=_positive_int, default=None, help="training epochs, >= 1 (default: 12, the demo's budget)"
+        "--epochs", type=positive_int, default=None, help="training epochs, >= 1 (default: 12, the demo's budget)"
     )
     demo.add_argument(
         "--seed",

@@ -51,6 +51,7 @@ from typing import Any
 
 import yaml
 
+from anomalib_bgad.cli import positive_int
 from benchmarks.environment import git_commit, machine_description, versions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -562,26 +563,18 @@ def _mapping(text: str) -> dict[str, Any]:
     return value
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        msg = f"must be a positive integer, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="latest", help="name of this run in the results (e.g. before, after)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--init-args", type=_mapping, default={}, help="Bgad init args as YAML/JSON (default: none)")
-    parser.add_argument("--image-size", type=_positive, default=256)
-    parser.add_argument("--batch-size", type=_positive, default=16)
-    parser.add_argument("--batches", type=_positive, default=2, help="training batches per epoch")
-    parser.add_argument("--epochs", type=_positive, help="epochs (default: Bgad's phase 1 epochs + 2)")
-    parser.add_argument("--n-train", type=_positive, default=24, help="normal training images of the generated tree")
-    parser.add_argument("--threads", type=_positive, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
+    parser.add_argument("--image-size", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batches", type=positive_int, default=2, help="training batches per epoch")
+    parser.add_argument("--epochs", type=positive_int, help="epochs (default: Bgad's phase 1 epochs + 2)")
+    parser.add_argument("--n-train", type=positive_int, default=24, help="normal training images of the generated tree")
+    parser.add_argument("--threads", type=positive_int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder of step_profile.{json,md}")
     parser.add_argument("--no-host-reads", action="store_true", help="skip the second pass (host-read call sites)")
     return parser.parse_args(argv)
