@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# pytest-xdist worker processes for `make test` (0: run in this process).
+PYTEST_WORKERS ?= 2
 STAMP := $(VENV)/.install-stamp
 
 .PHONY: install demo test test-fast lint format
@@ -23,7 +25,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/anomalib-bgad demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS) --dist worksteal
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"

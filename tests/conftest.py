@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -75,16 +76,9 @@ def run_anomalib() -> Callable[..., subprocess.CompletedProcess]:
     return _run_anomalib
 
 
-@pytest.fixture(scope="session")
-def cli_trained_and_exported(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """``anomalib train`` (1 epoch, 2 coupling blocks) then ``anomalib export --export_type openvino``, once.
-
-    Returns ``checkpoint``, ``model_args`` (what test/predict need to rebuild the model), ``export_root``,
-    ``xml`` and ``export`` (the export's ``CompletedProcess``, output captured), ``cwd``.
-    """
-    cwd = tmp_path_factory.mktemp("cli_run")
+def _train_and_export(data_root: Path, cwd: Path) -> SimpleNamespace:
     model_args = ["--model", "anomalib_bgad.Bgad", "--model.coupling_blocks", "2"]
-    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(tiny_mvtec_root), "--data.category", "brick"]
+    data = ["--data", "anomalib.data.MVTecAD", "--data.root", str(data_root), "--data.category", "brick"]
     data += ["--data.train_batch_size", "4", "--data.eval_batch_size", "4", "--data.num_workers", "0"]
     results = cwd / "results"
     _run_anomalib(
@@ -101,3 +95,28 @@ def cli_trained_and_exported(tiny_mvtec_root: Path, tmp_path_factory: pytest.Tem
     return SimpleNamespace(
         checkpoint=checkpoint, model_args=model_args, export_root=export_root, xml=xml, export=export, cwd=cwd
     )
+
+
+@pytest.fixture(scope="session")
+def cli_trained_and_exported(
+    tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> SimpleNamespace:
+    """``anomalib train`` (1 epoch, 2 coupling blocks) then ``anomalib export --export_type openvino``, once per
+    test run: under pytest-xdist the first worker that needs it trains and exports, the others wait for it and read
+    its result (pytest-xdist's documented file-lock pattern).
+
+    Returns ``checkpoint``, ``model_args`` (what test/predict need to rebuild the model), ``export_root``,
+    ``xml`` and ``export`` (the export's ``CompletedProcess``, output captured), ``cwd``. Tests only read them.
+    """
+    if worker_id == "master":  # not under xdist
+        return _train_and_export(tiny_mvtec_root, tmp_path_factory.mktemp("cli_run"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the run's temp root, common to every worker
+    result = shared / "cli_run.pickle"
+    with FileLock(shared / "cli_run.lock"):
+        if result.is_file():
+            return pickle.loads(result.read_bytes())
+        run = _train_and_export(tiny_mvtec_root, tmp_path_factory.mktemp("cli_run"))
+        result.write_bytes(pickle.dumps(run))
+    return run
