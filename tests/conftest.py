@@ -50,9 +50,9 @@ def small_bgad_kwargs() -> dict:
     }
 
 
-def _run_anomalib(*args: str, cwd: Path, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [ANOMALIB, *args],
+def _run_offline(command: list[str], cwd: Path | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command,
         cwd=cwd,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
@@ -60,11 +60,22 @@ def _run_anomalib(*args: str, cwd: Path, check: bool = True, timeout: float = 12
         timeout=timeout,
         check=False,
     )
+
+
+def _run_anomalib(*args: str, cwd: Path, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
+    result = _run_offline([ANOMALIB, *args], cwd=cwd, timeout=timeout)
     if check:
         assert result.returncode == 0, (
             f"anomalib {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
+
+
+@pytest.fixture
+def run_offline() -> Callable[..., subprocess.CompletedProcess]:
+    """Run a command offline (``HF_HUB_OFFLINE=1``), output captured: ``run_offline(command, cwd=None,
+    timeout=1200)``. The exit code is the test's to check."""
+    return _run_offline
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -161,20 +159,13 @@ for config in sys.argv[1:]:
 
 
 @pytest.mark.slow
-def test_configs_parse() -> None:
+def test_configs_parse(run_offline) -> None:
     """Every shipped config is valid for anomalib's CLI (parsed and instantiated classes resolved)."""
     configs = sorted((REPO / "configs").glob("*.yaml"))
     assert len(configs) >= 7
     for config in configs:
         assert "class_path" in config.read_text(), config.name
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE_CONFIGS, *map(str, configs)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_offline([sys.executable, "-c", _PARSE_CONFIGS, *map(str, configs)], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     parsed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"config"')]
     assert [entry["config"] for entry in parsed] == [str(config) for config in configs]

@@ -945,7 +945,7 @@ print(json.dumps(results))
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
-def test_flow_training_memory_does_not_grow_with_the_fibers_per_image(tmp_path: Path) -> None:
+def test_flow_training_memory_does_not_grow_with_the_fibers_per_image(tmp_path: Path, run_offline) -> None:
     """Peak RSS of the flow-training part of a step at 64 px vs 256 px (16x the fibers per image).
 
     Level 1 (stride 4) of 2 images: 512 fibers at 64 px, 8192 at 256 px. With ``fiber_batch_size=512`` both
@@ -961,14 +961,7 @@ def test_flow_training_memory_does_not_grow_with_the_fibers_per_image(tmp_path: 
     script.write_text(MEMORY_PROBE)
 
     def probe(config: str) -> dict[str, float]:  # a fresh process each: no allocator reuse between the cases
-        completed = subprocess.run(
-            [sys.executable, str(script), config],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        completed = run_offline([sys.executable, str(script), config], timeout=600)
         assert completed.returncode == 0, completed.stderr[-3000:]
         return json.loads(completed.stdout.strip().splitlines()[-1])[config]
 
