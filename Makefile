@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# pytest-xdist worker processes for `make test` (0: run in this process).
+# pytest-xdist worker processes for `make test` and `make test-fast` (0: a single pytest process).
 PYTEST_WORKERS ?= 2
 STAMP := $(VENV)/.install-stamp
 
@@ -28,7 +28,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS) --dist worksteal
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist worksteal
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,25 +110,30 @@ def _train_and_export(data_root: Path, cwd: Path) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
-def cli_trained_and_exported(
-    tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str
-) -> SimpleNamespace:
+def cli_trained_and_exported(tiny_mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``anomalib train`` (1 epoch, 2 coupling blocks) then ``anomalib export --export_type openvino``, once per
     test run: under pytest-xdist the first worker that needs it trains and exports, the others wait for it and read
-    its result (pytest-xdist's documented file-lock pattern).
+    its result, or its failure (pytest-xdist's documented file-lock pattern).
 
     Returns ``checkpoint``, ``model_args`` (what test/predict need to rebuild the model), ``export_root``,
-    ``xml`` and ``export`` (the export's ``CompletedProcess``, output captured), ``cwd``. Tests only read them.
+    ``xml`` and ``export`` (the export's ``CompletedProcess``, output captured), ``cwd``. Tests must not write
+    into these folders: another worker may be reading them.
     """
-    if worker_id == "master":  # not under xdist
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one pytest process (no xdist, -n 0 or -p no:xdist)
         return _train_and_export(tiny_mvtec_root, tmp_path_factory.mktemp("cli_run"))
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp().parent  # the run's temp root, common to every worker
-    result = shared / "cli_run.pickle"
+    result, failure = shared / "cli_run.pickle", shared / "cli_run.failed"
     with FileLock(shared / "cli_run.lock"):
+        if failure.is_file():
+            pytest.fail(f"another worker's train + export failed:\n{failure.read_text()}")
         if result.is_file():
             return pickle.loads(result.read_bytes())
-        run = _train_and_export(tiny_mvtec_root, tmp_path_factory.mktemp("cli_run"))
+        try:
+            run = _train_and_export(tiny_mvtec_root, tmp_path_factory.mktemp("cli_run"))
+        except BaseException:
+            failure.write_text(traceback.format_exc())
+            raise
         result.write_bytes(pickle.dumps(run))
     return run

@@ -38,8 +38,11 @@ def test_readme_inference_snippet_runs_on_an_exported_model(
 
     snippet = readme_inference_snippet()
     # The README's paths: the export of its step 3 and an image of the embedded dataset.
-    (tmp_path / "results" / "bgad_demo").mkdir(parents=True)
-    (tmp_path / "results" / "bgad_demo" / "export").symlink_to(cli_trained_and_exported.export_root)
+    # Only the shared export's weights are linked: the snippet's CACHE_DIR then lands in this test's tmp_path.
+    (tmp_path / "results" / "bgad_demo" / "export").mkdir(parents=True)
+    (tmp_path / "results" / "bgad_demo" / "export" / "weights").symlink_to(
+        cli_trained_and_exported.export_root / "weights"
+    )
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "embedded").symlink_to(tiny_mvtec_root)
     result = subprocess.run(
