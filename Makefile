@@ -8,6 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # pytest-xdist worker processes for `make test` and `make test-fast` (0: a single pytest process).
 PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist worksteal
 STAMP := $(VENV)/.install-stamp
 
 .PHONY: install demo test test-fast lint format
@@ -25,10 +26,10 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/anomalib-bgad demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS) --dist worksteal
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(XDIST)
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist worksteal
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(XDIST)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

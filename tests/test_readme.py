@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ def test_readme_inference_snippet_runs_on_an_exported_model(
     cli_trained_and_exported,
     tiny_mvtec_root: Path,
     tmp_path: Path,
+    run_offline,
 ) -> None:
     from anomalib.data.utils import read_image
 
@@ -45,9 +45,7 @@ def test_readme_inference_snippet_runs_on_an_exported_model(
     )
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "embedded").symlink_to(tiny_mvtec_root)
-    result = subprocess.run(
-        [sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
-    )
+    result = run_offline([sys.executable, "-c", snippet], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"score (\d\.\d{3}) \((anomalous|normal)", result.stdout)
     assert match, result.stdout
