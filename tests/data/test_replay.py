@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from anomalib_bgad.data import FewAnomalyBTAD, FewAnomalyFolder, FewAnomalyMVTecAD, SplitManifest
-from anomalib_bgad.data.datamodules.options import default_num_workers
+from anomalib_bgad.data.datamodules.options import DEFAULT_PSEUDO_ANOMALY_RATIO, default_num_workers
 
 FAST = {"num_workers": 0, "pseudo_anomaly_count": 0, "repeat_anomalies": 1}
 
@@ -37,6 +37,30 @@ def test_replay_manifest_alone_rebuilds_the_split(tmp_path: Path, trees) -> None
     again = FewAnomalyMVTecAD(root=moved, category="cable", seed=7, replay_manifest=original.manifest_path, **FAST)
     again.setup()
     assert split_of(again) == split_of(original) and again.repeat_anomalies == 1
+
+
+def test_from_manifest_keeps_an_override_that_equals_the_default(tmp_path: Path, trees) -> None:
+    """An explicit override wins at its default value too; an unnamed (CLI-passed) default takes the manifest's."""
+    root = trees.make_mvtec(tmp_path / "mvtec", category="cable")
+    original = FewAnomalyMVTecAD(
+        root=root, category="cable", n_anomalies=4, seed=7, num_workers=0, pseudo_anomaly_ratio=1.0,
+        pseudo_anomaly_source="perlin",
+    )  # fmt: skip
+    original.setup()
+    manifest = original.write_manifest(tmp_path)
+    assert original.pseudo_anomaly_counts["perlin"] == 4
+    explicit = FewAnomalyMVTecAD.from_manifest(
+        manifest, num_workers=0, pseudo_anomaly_ratio=DEFAULT_PSEUDO_ANOMALY_RATIO
+    )
+    assert explicit.pseudo_anomaly_ratio == DEFAULT_PSEUDO_ANOMALY_RATIO != 1.0
+    explicit.setup()
+    assert explicit.pseudo_anomaly_counts["perlin"] == round(DEFAULT_PSEUDO_ANOMALY_RATIO * 4)
+    cli_like = FewAnomalyMVTecAD(
+        replay_manifest=manifest, num_workers=0, pseudo_anomaly_ratio=DEFAULT_PSEUDO_ANOMALY_RATIO
+    )
+    assert cli_like.pseudo_anomaly_ratio == 1.0
+    # Outside from_manifest the rule is back to the CLI's.
+    assert FewAnomalyMVTecAD(replay_manifest=manifest, num_workers=0).pseudo_anomaly_ratio == 1.0
 
 
 def test_replay_refuses_conflicting_split_arguments_and_another_datamodule(tmp_path: Path, trees) -> None:

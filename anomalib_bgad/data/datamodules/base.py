@@ -54,7 +54,12 @@ from anomalib_bgad.data.image_io import MASK_RULE
 from anomalib_bgad.data.pseudo_anomalies.sources import GENERATORS, PERLIN, RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
 from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
-from anomalib_bgad.data.split.replay import changed_split_args, replayed_arguments
+from anomalib_bgad.data.split.replay import (
+    changed_split_args,
+    explicit_argument_names,
+    explicit_arguments,
+    replayed_arguments,
+)
 from anomalib_bgad.data.split.selection import Selection, Setting, select_known_anomalies
 
 logger = logging.getLogger(__name__)
@@ -218,7 +223,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         }
         given = {**{name: defaults[name] for name in parent if name in defaults}, **anomalib_args, **options}
         recorded = {**upgrade_init_args(manifest.init_args), "root": manifest.root}
-        merged = replayed_arguments(given, defaults, recorded, path)
+        merged = replayed_arguments(given, defaults, recorded, path, explicit=explicit_argument_names())
         passed = {name: merged[name] for name in parent if name in merged and name not in {"seed", "num_workers"}}
         return {key: merged[key] for key in options}, passed
 
@@ -534,7 +539,8 @@ class FewAnomalyDataModule(AnomalibDataModule):
                 "Build a new datamodule without from_manifest to make another split."
             )
             raise ValueError(msg)
-        return target(**overrides, replay_manifest=path)
+        with explicit_arguments(overrides):
+            return target(**overrides, replay_manifest=path)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training data

@@ -7,7 +7,8 @@ seed and setting. The rule, per recorded argument:
 
 * given value equal to the recorded one: kept;
 * given value equal to the argument's default: the recorded value is taken (a CLI passes every default, so a
-  default cannot be told from an omitted argument);
+  default cannot be told from an omitted argument), unless the caller named the argument explicitly
+  (:func:`explicit_arguments`, as ``FewAnomalyDataModule.from_manifest`` does with its overrides);
 * any other given value: for a split-defining argument (:data:`SPLIT_ARGS`) an error that names the argument
   and both values; for the others (``root`` of a moved dataset, batch sizes, pseudo anomalies) the given value
   wins.
@@ -18,6 +19,9 @@ Example:
 """
 
 import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,30 @@ SPLIT_ARGS = (
     "extensions",
 )
 """Arguments that define the split: a replay cannot change them."""
+
+_EXPLICIT: ContextVar[frozenset[str]] = ContextVar("explicit_replay_arguments", default=frozenset())
+
+
+@contextmanager
+def explicit_arguments(names: Iterable[str]) -> Iterator[None]:
+    """Within the block, datamodules built with ``replay_manifest`` keep these arguments as given, defaults too.
+
+    Args:
+        names (Iterable[str]): Argument names the caller passed on purpose (``from_manifest``'s overrides).
+
+    Yields:
+        None
+    """
+    token = _EXPLICIT.set(frozenset(names))
+    try:
+        yield
+    finally:
+        _EXPLICIT.reset(token)
+
+
+def explicit_argument_names() -> frozenset[str]:
+    """The names set by the innermost :func:`explicit_arguments` block (empty outside one)."""
+    return _EXPLICIT.get()
 
 
 def _same(first: Any, second: Any) -> bool:
@@ -77,6 +105,7 @@ def replayed_arguments(
     defaults: dict[str, Any],
     recorded: dict[str, Any],
     path: str | Path,
+    explicit: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Merge a datamodule's arguments with those a manifest recorded (rule in the module docstring).
 
@@ -85,6 +114,7 @@ def replayed_arguments(
         defaults (dict[str, Any]): Default of each argument that has one.
         recorded (dict[str, Any]): The manifest's ``init_args`` (today's spelling) and ``root``.
         path (str | Path): The manifest, for messages.
+        explicit (Iterable[str]): Arguments given on purpose: their value stays even when it is the default.
 
     Returns:
         dict[str, Any]: ``given`` with the recorded values taken in.
@@ -94,11 +124,12 @@ def replayed_arguments(
             lists each with both values.
     """
     merged = dict(given)
+    explicit = frozenset(explicit)
     conflicts, taken = [], []
     for key, value in recorded.items():
         if key not in given or _same(given[key], value):
             continue
-        if key in defaults and _same(given[key], defaults[key]):
+        if key not in explicit and key in defaults and _same(given[key], defaults[key]):
             merged[key] = value
             taken.append(f"{key}={value!r}")
         elif key in SPLIT_ARGS:
