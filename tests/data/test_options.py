@@ -64,6 +64,16 @@ def test_cli_spelling_and_types(folder_root: Path, trees) -> None:
     assert datamodule.extensions == (".png", ".PNG") and datamodule.num_workers == 0
     with pytest.raises(Exception, match="pseudo_anomaly_count"):
         parser.parse_args([*argv[:-2], "--data.pseudo_anomaly_count", "2.5"])  # a count is an int
+    # A ratio per source, as a YAML mapping on the command line.
+    per_source = [
+        *argv,
+        "--data.pseudo_anomaly_source",
+        "rpag+perlin",
+        "--data.pseudo_anomaly_ratio",
+        "{rpag: 1, perlin: 5}",
+    ]
+    datamodule = parser.instantiate_classes(parser.parse_args(per_source)).data
+    assert datamodule.pseudo_anomaly_ratio == {"rpag": 1.0, "perlin": 5.0}
 
 
 def test_cli_help_documents_each_option(capsys: pytest.CaptureFixture) -> None:

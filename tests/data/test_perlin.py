@@ -132,3 +132,47 @@ def test_perlin_without_known_anomalies_needs_a_count(mvtec_root: Path) -> None:
     )  # fmt: skip
     datamodule.setup()
     assert datamodule.pseudo_anomaly_counts == {"rpag": 0, "smoothblend": 0, "perlin": 3}
+
+
+def test_a_ratio_per_source_sets_each_generators_count(mvtec_root: Path, tmp_path: Path) -> None:
+    ratio = {"rpag": 1.0, "perlin": 2.0}
+    datamodule = FewAnomalyMVTecAD(
+        root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_source="rpag+perlin",
+        pseudo_anomaly_ratio=ratio, num_workers=0, train_on_anomalies=True, paste_in_foreground=False,
+    )  # fmt: skip
+    datamodule.setup()
+    assert datamodule.pseudo_anomaly_counts == {"rpag": 3, "smoothblend": 0, "perlin": 6}
+    train_set = datamodule.train_dataloader().dataset
+    assert [train_set.source_of(i) for i in range(9)] == ["rpag"] * 3 + ["perlin"] * 6
+    # The RPAG samples are those of RPAG alone at the same ratio: the sources draw from separate streams.
+    rpag = FewAnomalyMVTecAD(
+        root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_ratio=1.0, num_workers=0,
+        train_on_anomalies=True, paste_in_foreground=False,
+    )  # fmt: skip
+    rpag.setup()
+    for index in range(3):
+        assert torch.equal(train_set.generate(2, index)[0], rpag.train_dataloader().dataset.generate(2, index)[0])
+    # Replaying another run's split with a per-source override (as the benchmarks do) keeps the override.
+    manifest = rpag.write_manifest(tmp_path)
+    replayed = FewAnomalyMVTecAD.from_manifest(
+        manifest, num_workers=0, pseudo_anomaly_source="rpag+perlin", pseudo_anomaly_ratio={"rpag": 1, "perlin": 5}
+    )
+    replayed.setup()
+    assert replayed.pseudo_anomaly_counts == {"rpag": 3, "smoothblend": 0, "perlin": 15}
+
+
+@pytest.mark.parametrize(
+    ("ratio", "match"),
+    [
+        ({"perlin": 2.0}, r"must name exactly \['rpag', 'perlin'\] \(it names \['perlin'\]\)"),
+        ({"rpag": 1.0, "perlin": 2.0, "smoothblend": 1.0}, r"it names \['perlin', 'rpag', 'smoothblend'\]"),
+        ({"rpag": 1.0, "perlin": -2.0}, r"values must be numbers >= 0, got \{'perlin': -2\.0\}"),
+        ({"rpag": "1", "perlin": 2.0}, r"values must be numbers >= 0, got \{'rpag': '1'\}"),
+    ],
+)
+def test_a_ratio_per_source_must_name_each_source(mvtec_root: Path, ratio: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FewAnomalyMVTecAD(
+            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_source="rpag+perlin",
+            pseudo_anomaly_ratio=ratio, num_workers=0,
+        )  # fmt: skip

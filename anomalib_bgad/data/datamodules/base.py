@@ -48,6 +48,7 @@ from anomalib_bgad.data.datamodules.options import (
     check_options,
     default_num_workers,
     resolve_renamed,
+    source_ratio,
     upgrade_init_args,
 )
 from anomalib_bgad.data.image_io import MASK_RULE
@@ -105,7 +106,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         seen_defect_type: str | None = None,
         seed: int = 0,
         pseudo_anomaly_source: str = "rpag",
-        pseudo_anomaly_ratio: float = DEFAULT_PSEUDO_ANOMALY_RATIO,
+        pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
         pseudo_anomaly_count: int | None = None,
         repeat_anomalies: int = 5,
         train_on_anomalies: bool | None = None,
@@ -136,8 +137,9 @@ class FewAnomalyDataModule(AnomalibDataModule):
                 The last two need no known anomaly, so they work with ``n_anomalies=0`` and a
                 ``pseudo_anomaly_count``. Several joined by ``+`` (``"rpag+perlin"``; ``"both"`` =
                 ``"rpag+smoothblend"``): each source makes its own. Defaults to ``"rpag"``.
-            pseudo_anomaly_ratio (float): Pseudo anomalies per known anomaly, made per epoch by each source
-                (authors' RPAG: ``5.0``); ``0`` disables them. Defaults to ``5.0``.
+            pseudo_anomaly_ratio (float | dict[str, float]): Pseudo anomalies per known anomaly, made per epoch by
+                each source (authors' RPAG: ``5.0``); ``0`` disables them. A mapping naming every source of
+                ``pseudo_anomaly_source`` gives each its own (``{rpag: 1.0, perlin: 5.0}``). Defaults to ``5.0``.
             pseudo_anomaly_count (int | None): Pseudo anomalies per epoch made by each source, in place of the
                 ratio; ``None``: use ``pseudo_anomaly_ratio``. Defaults to ``None``.
             repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``); ``0`` keeps the
@@ -182,7 +184,8 @@ class FewAnomalyDataModule(AnomalibDataModule):
         check_options(**{key: options[key] for key in CHECKED_OPTIONS}, num_workers=workers)
         for key, value in options.items():
             setattr(self, key, value)
-        self.pseudo_anomaly_ratio = float(self.pseudo_anomaly_ratio)
+        ratio = self.pseudo_anomaly_ratio
+        self.pseudo_anomaly_ratio = {k: float(v) for k, v in ratio.items()} if isinstance(ratio, dict) else float(ratio)
         self.manifest_path = Path(manifest_path) if manifest_path is not None else None
         self.replay_manifest = Path(replay_manifest) if replay_manifest is not None else None
         self.verify_images = verify_images
@@ -589,16 +592,19 @@ class FewAnomalyDataModule(AnomalibDataModule):
     def pseudo_anomaly_counts(self) -> dict[str, int]:
         """Pseudo anomalies per epoch of each generator (``{"rpag": n, "smoothblend": m, "perlin": k}``).
 
-        Each selected source makes ``pseudo_anomaly_count`` of them when it is set, else ``pseudo_anomaly_ratio``
-        times the number of known anomalies (rounded). RPAG makes none without known anomalies.
+        Each selected source makes ``pseudo_anomaly_count`` of them when it is set, else its
+        ``pseudo_anomaly_ratio`` times the number of known anomalies (rounded). RPAG makes none without known
+        anomalies.
         """
         known = 0 if self._known_anomalies is None else len(self._known_anomalies)
-        if self.pseudo_anomaly_count is not None:
-            count = self.pseudo_anomaly_count
-        else:
-            count = round(self.pseudo_anomaly_ratio * known)
         parts = source_parts(self.pseudo_anomaly_source)
-        return {name: count if name in parts and (known or name != RPAG) else 0 for name in GENERATORS}
+
+        def count(name: str) -> int:
+            if self.pseudo_anomaly_count is not None:
+                return self.pseudo_anomaly_count
+            return round(source_ratio(self.pseudo_anomaly_ratio, name) * known)
+
+        return {name: count(name) if name in parts and (known or name != RPAG) else 0 for name in GENERATORS}
 
     @property
     def num_pseudo_anomalies(self) -> int:

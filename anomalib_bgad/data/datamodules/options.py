@@ -62,6 +62,44 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def source_ratio(pseudo_anomaly_ratio: float | dict[str, float], source: str) -> float:
+    """Pseudo anomalies per known anomaly and epoch that one generator makes.
+
+    Args:
+        pseudo_anomaly_ratio (float | dict[str, float]): One ratio for every source, or one per source.
+        source (str): A generator name (``"rpag"``, ``"smoothblend"`` or ``"perlin"``).
+
+    Returns:
+        float: The ratio of ``source`` (``0.0`` where a per-source mapping does not name it).
+    """
+    if isinstance(pseudo_anomaly_ratio, dict):
+        return float(pseudo_anomaly_ratio.get(source, 0.0))
+    return float(pseudo_anomaly_ratio)
+
+
+def _check_ratio(pseudo_anomaly_ratio: Any, pseudo_anomaly_source: str) -> None:
+    """A number >= 0, or a mapping that gives every generator of ``pseudo_anomaly_source`` a number >= 0."""
+    if not isinstance(pseudo_anomaly_ratio, dict):
+        if not _is_number(pseudo_anomaly_ratio) or not pseudo_anomaly_ratio >= 0:
+            msg = (
+                f"pseudo_anomaly_ratio must be a number >= 0 (pseudo anomalies per known anomaly and epoch), got "
+                f"{pseudo_anomaly_ratio!r}. Use 0 to disable pseudo anomalies."
+            )
+            raise ValueError(msg)
+        return
+    parts = source_parts(pseudo_anomaly_source)
+    wrong = {key: value for key, value in pseudo_anomaly_ratio.items() if not _is_number(value) or not value >= 0}
+    if set(pseudo_anomaly_ratio) != set(parts) or wrong:
+        problem = f"values must be numbers >= 0, got {wrong}" if wrong else f"it names {sorted(pseudo_anomaly_ratio)}"
+        example = ", ".join(f"{part}: 1.0" for part in parts)
+        msg = (
+            f"pseudo_anomaly_ratio as a mapping gives each generator of pseudo_anomaly_source="
+            f"{pseudo_anomaly_source!r} its own ratio, so it must name exactly {list(parts)} ({problem}). "
+            f"Example: {{{example}}}; or give one number for every source."
+        )
+        raise ValueError(msg)
+
+
 def _renamed_warning(old: str, new: str) -> None:
     warnings.warn(
         f"{old} is deprecated (anomalib_bgad 0.1.0 spelling) and will be removed; use {new}.",
@@ -73,10 +111,10 @@ def _renamed_warning(old: str, new: str) -> None:
 def resolve_renamed(
     pseudo_anomalies: float | None,
     train_anomalies: bool | None,
-    pseudo_anomaly_ratio: float,
+    pseudo_anomaly_ratio: float | dict[str, float],
     pseudo_anomaly_count: int | None,
     train_on_anomalies: bool | None,
-) -> tuple[float, int | None, bool | None]:
+) -> tuple[float | dict[str, float], int | None, bool | None]:
     """Map the 0.1.0 options onto their new names (with a ``FutureWarning``); refuse old and new together.
 
     * ``pseudo_anomalies`` was a count when an ``int`` and a ratio when a ``float``: an ``int`` becomes
@@ -86,12 +124,12 @@ def resolve_renamed(
     Args:
         pseudo_anomalies (float | None): Old option, ``None`` when not given.
         train_anomalies (bool | None): Old option, ``None`` when not given.
-        pseudo_anomaly_ratio (float): New option as given.
+        pseudo_anomaly_ratio (float | dict[str, float]): New option as given.
         pseudo_anomaly_count (int | None): New option as given.
         train_on_anomalies (bool | None): New option as given.
 
     Returns:
-        tuple[float, int | None, bool | None]: ``pseudo_anomaly_ratio``, ``pseudo_anomaly_count``,
+        tuple[float | dict[str, float], int | None, bool | None]: ``pseudo_anomaly_ratio``, ``pseudo_anomaly_count``,
         ``train_on_anomalies``.
 
     Raises:
@@ -156,7 +194,7 @@ def check_options(
     setting: str = "multi_class",
     seed: int = 0,
     pseudo_anomaly_source: str = RPAG,
-    pseudo_anomaly_ratio: float = DEFAULT_PSEUDO_ANOMALY_RATIO,
+    pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
     pseudo_anomaly_count: int | None = None,
     repeat_anomalies: int = 5,
     num_workers: int = 0,
@@ -169,7 +207,8 @@ def check_options(
         seed (int): Selection seed. Defaults to ``0``.
         pseudo_anomaly_source (str): ``rpag``, ``smoothblend``, ``perlin``, ``both`` or a ``+``-joined set.
             Defaults to ``"rpag"``.
-        pseudo_anomaly_ratio (float): Pseudo anomalies per known anomaly, per source and epoch. Defaults to ``5.0``.
+        pseudo_anomaly_ratio (float | dict[str, float]): Pseudo anomalies per known anomaly, per source and epoch;
+            a mapping gives each source of ``pseudo_anomaly_source`` its own. Defaults to ``5.0``.
         pseudo_anomaly_count (int | None): Pseudo anomalies per source and epoch, replacing the ratio.
             Defaults to ``None``.
         repeat_anomalies (int): Times each known anomaly appears per epoch. Defaults to ``5``.
@@ -194,12 +233,7 @@ def check_options(
     if not _is_int(seed) or seed < 0:
         msg = f"seed must be an integer >= 0 (it fixes the anomaly selection), got {seed!r}."
         raise ValueError(msg)
-    if not _is_number(pseudo_anomaly_ratio) or not pseudo_anomaly_ratio >= 0:
-        msg = (
-            f"pseudo_anomaly_ratio must be a number >= 0 (pseudo anomalies per known anomaly and epoch), got "
-            f"{pseudo_anomaly_ratio!r}. Use 0 to disable pseudo anomalies."
-        )
-        raise ValueError(msg)
+    _check_ratio(pseudo_anomaly_ratio, pseudo_anomaly_source)
     if pseudo_anomaly_count is not None and (not _is_int(pseudo_anomaly_count) or pseudo_anomaly_count < 0):
         msg = (
             f"pseudo_anomaly_count must be an integer >= 0 (pseudo anomalies per source and epoch) or None (use "
@@ -227,7 +261,8 @@ def check_options(
         )
         raise ValueError(msg)
     from_normals = [part for part in parts if part != RPAG]
-    if from_normals and pseudo_anomaly_count is None and pseudo_anomaly_ratio > 0:
+    ratios = [source_ratio(pseudo_anomaly_ratio, part) for part in from_normals]
+    if from_normals and pseudo_anomaly_count is None and any(ratio > 0 for ratio in ratios):
         names = "+".join(from_normals)
         msg = (
             f"pseudo_anomaly_ratio={pseudo_anomaly_ratio!r} is a ratio of the known anomalies, and n_anomalies=0: "
