@@ -75,12 +75,21 @@ def test_train_plain_mvtec_then_test_and_predict(tiny_mvtec_root: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_demo_config_trains_with_anomalies(tiny_mvtec_root: Path, tmp_path: Path, run_anomalib) -> None:
+@pytest.mark.parametrize(
+    ("config", "source", "ratio"),
+    [
+        ("bgad_demo.yaml", "rpag", 1.0),
+        ("bgad_demo_unseen_types.yaml", "rpag+perlin", {"rpag": 1.0, "perlin": 5.0}),
+    ],
+)
+def test_demo_config_trains_with_anomalies(
+    config: str, source: str, ratio: float | dict[str, float], tiny_mvtec_root: Path, tmp_path: Path, run_anomalib
+) -> None:
     results = tmp_path / "results"
     train = run_anomalib(
         "train",
         "--config",
-        str(REPO / "configs" / "bgad_demo.yaml"),
+        str(REPO / "configs" / config),
         *FAST_MODEL,
         "--data.root",
         str(tiny_mvtec_root),
@@ -100,6 +109,10 @@ def test_demo_config_trains_with_anomalies(tiny_mvtec_root: Path, tmp_path: Path
     assert 0.0 <= metric(train.stdout, "pixel_AUROC") <= 1.0
     assert list(results.rglob("*.ckpt"))
     assert list(results.rglob("images/**/*.png")), "the visualizer wrote no anomaly-map images"
+    # The config's pseudo anomalies reached the datamodule that trained (the mapping through anomalib's CLI too).
+    (manifest,) = results.rglob("split_manifest.json")
+    init_args = json.loads(manifest.read_text())["init_args"]
+    assert (init_args["pseudo_anomaly_source"], init_args["pseudo_anomaly_ratio"]) == (source, ratio)
 
 
 def test_make_dataset_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
