@@ -166,8 +166,8 @@ def test_a_ratio_per_source_sets_each_generators_count(mvtec_root: Path, tmp_pat
     [
         ({"perlin": 2.0}, r"must name exactly \['rpag', 'perlin'\] \(it names \['perlin'\]\)"),
         ({"rpag": 1.0, "perlin": 2.0, "smoothblend": 1.0}, r"it names \['perlin', 'rpag', 'smoothblend'\]"),
-        ({"rpag": 1.0, "perlin": -2.0}, r"values must be numbers >= 0, got \{'perlin': -2\.0\}"),
-        ({"rpag": "1", "perlin": 2.0}, r"values must be numbers >= 0, got \{'rpag': '1'\}"),
+        ({"rpag": 1.0, "perlin": -2.0}, r"^pseudo_anomaly_ratio values must be numbers >= 0 .*got \{'perlin': -2\.0\}"),
+        ({"rpag": "1", "perlin": 2.0}, r"^pseudo_anomaly_ratio values must be numbers >= 0 .*got \{'rpag': '1'\}"),
     ],
 )
 def test_a_ratio_per_source_must_name_each_source(mvtec_root: Path, ratio: dict, match: str) -> None:

@@ -123,3 +123,38 @@ def test_default_num_workers_fits_the_usable_cpus(mvtec_root: Path, monkeypatch:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(32)), raising=False)
     assert FewAnomalyMVTecAD(root=mvtec_root).num_workers == 8
     assert FewAnomalyMVTecAD(root=mvtec_root, num_workers=0).num_workers == 0
+
+
+def test_a_checkpoint_of_another_category_or_split_warns_when_restored(
+    tmp_path: Path, trees, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lightning saves state_dict() in every checkpoint and hands it to load_state_dict() when test/predict restore it.
+    root = trees.make_mvtec(tmp_path / "mvtec", category="cable")
+    trees.make_mvtec(root, category="bottle", seed=1)
+    run = tmp_path / "run"
+    trained = FewAnomalyMVTecAD(root=root, category="cable", n_anomalies=3, seed=1, **FAST)
+    trained.trainer = SimpleNamespace(default_root_dir=str(run))
+    trained.setup("fit")
+    state = trained.state_dict()
+    assert FewAnomalyMVTecAD(root=root, category="cable", **FAST).state_dict() == {}  # no split before setup
+    checkpoint = run / "weights" / "lightning" / "model.ckpt"
+
+    def restored_into(**kwargs) -> str:
+        caplog.clear()
+        datamodule = FewAnomalyMVTecAD(root=root, **FAST, **kwargs)
+        elsewhere = tmp_path / f"test_run_{len(list(tmp_path.glob('test_run_*')))}"  # no training manifest there
+        datamodule.trainer = SimpleNamespace(default_root_dir=str(elsewhere), ckpt_path=str(checkpoint))
+        with caplog.at_level("WARNING"):
+            datamodule.setup("test")
+            datamodule.load_state_dict(state)
+        return " ".join(caplog.text.split())
+
+    assert restored_into(category="cable", n_anomalies=3, seed=1) == ""
+    other_category = restored_into(category="bottle", n_anomalies=3, seed=1)
+    assert "trained on anomalib_bgad.data.FewAnomalyMVTecAD category 'cable'" in other_category
+    assert "this run uses anomalib_bgad.data.FewAnomalyMVTecAD category 'bottle'" in other_category
+    assert "--data.category cable" in other_category and f"checkpoint {checkpoint}" in other_category
+    assert f"--data.replay_manifest {run / 'split_manifest.json'}" in other_category  # found next to the checkpoint
+    other_seed = restored_into(category="cable", n_anomalies=3, seed=2)
+    assert "other known anomalies or test files, so known anomalies may be scored as test images" in other_seed
+    assert restored_into(category="cable", n_anomalies=3, seed=1) == ""

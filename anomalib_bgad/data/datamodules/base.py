@@ -33,6 +33,7 @@ Example:
 import importlib
 import inspect
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -62,6 +63,7 @@ from anomalib_bgad.data.split.replay import (
     replayed_arguments,
 )
 from anomalib_bgad.data.split.selection import Selection, Setting, select_known_anomalies
+from anomalib_bgad.data.split.trained_split import manifest_near, split_difference
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +196,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         self._known_anomalies: pd.DataFrame | None = None
         self._defect_counts: dict[str, int] = {}
         self._setup_stage: str | None = None
+        self._warned_other_split = False
         self._check_location()
 
     def _replayed(
@@ -406,18 +409,45 @@ class FewAnomalyDataModule(AnomalibDataModule):
         if self._setup_stage in {None, "fit"} or not target.is_file():
             self.write_manifest(target)
             return
-        recorded, mine = SplitManifest.read(target), self.manifest
-        if (recorded.train_anomalies, recorded.test_images) != (mine.train_anomalies, mine.test_images):
-            logger.warning(
-                "This %s split differs from the one the model was trained on (%s): %d vs %d test images, other "
-                "known anomalies or test files. Replay the training split with replay_manifest (CLI: "
-                "--data.replay_manifest %s).",
-                self._setup_stage,
-                target,
-                len(self.manifest.test_images),
-                len(recorded.test_images),
-                target,
-            )
+        self._warn_on_other_split(SplitManifest.read(target), str(target), target)
+
+    def _warn_on_other_split(self, trained: SplitManifest, where: str, replay: Path | None) -> None:
+        """Log a warning when this split is not ``trained``, the split the model was trained on (``where``)."""
+        difference = split_difference(trained, self.manifest)
+        if difference is None or self._warned_other_split:
+            return
+        self._warned_other_split = True
+        manifest = replay if replay is not None else "<the training run's split_manifest.json>"
+        logger.warning(
+            "This %s split differs from the one the model was trained on (%s): %s. Replay the training split with "
+            "replay_manifest (CLI: --data.replay_manifest %s).",
+            self._setup_stage,
+            where,
+            difference,
+            manifest,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The split, saved by Lightning in every checkpoint: ``{"split_manifest": <the manifest's fields>}``.
+
+        Returns:
+            dict[str, Any]: Empty before ``setup``.
+        """
+        return {} if self.manifest is None else {"split_manifest": asdict(self.manifest)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Warn when a restored checkpoint was trained on another split (Lightning calls this after ``setup``).
+
+        Args:
+            state_dict (dict[str, Any]): What :meth:`state_dict` saved; checkpoints without it are not checked.
+        """
+        recorded = state_dict.get("split_manifest")
+        if not recorded or self.manifest is None:
+            return
+        trained = SplitManifest.from_dict(recorded)
+        checkpoint = getattr(getattr(self, "trainer", None), "ckpt_path", None)
+        where = f"checkpoint {checkpoint}" if checkpoint else "the restored checkpoint"
+        self._warn_on_other_split(trained, where, manifest_near(checkpoint))
 
     # ----------------------------------------------------------------------------------------------------------
     # Manifest

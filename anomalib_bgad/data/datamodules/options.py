@@ -88,14 +88,19 @@ def _check_ratio(pseudo_anomaly_ratio: Any, pseudo_anomaly_source: str) -> None:
             raise ValueError(msg)
         return
     parts = source_parts(pseudo_anomaly_source)
-    wrong = {key: value for key, value in pseudo_anomaly_ratio.items() if not _is_number(value) or not value >= 0}
-    if set(pseudo_anomaly_ratio) != set(parts) or wrong:
-        problem = f"values must be numbers >= 0, got {wrong}" if wrong else f"it names {sorted(pseudo_anomaly_ratio)}"
-        example = ", ".join(f"{part}: 1.0" for part in parts)
+    example = ", ".join(f"{part}: 1.0" for part in parts)
+    if set(pseudo_anomaly_ratio) != set(parts):
         msg = (
             f"pseudo_anomaly_ratio as a mapping gives each generator of pseudo_anomaly_source="
-            f"{pseudo_anomaly_source!r} its own ratio, so it must name exactly {list(parts)} ({problem}). "
-            f"Example: {{{example}}}; or give one number for every source."
+            f"{pseudo_anomaly_source!r} its own ratio, so it must name exactly {list(parts)} "
+            f"(it names {sorted(pseudo_anomaly_ratio)}). Example: {{{example}}}; or give one number for every source."
+        )
+        raise ValueError(msg)
+    wrong = {key: value for key, value in pseudo_anomaly_ratio.items() if not _is_number(value) or not value >= 0}
+    if wrong:
+        msg = (
+            f"pseudo_anomaly_ratio values must be numbers >= 0 (pseudo anomalies per known anomaly and epoch), "
+            f"got {wrong}. Example: {{{example}}}; use 0 for a generator that should make none."
         )
         raise ValueError(msg)
 

@@ -161,5 +161,17 @@ class SplitManifest:
                 f"this anomalib_bgad reads version {MANIFEST_VERSION}."
             )
             raise ValueError(msg)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SplitManifest":
+        """The manifest of a field mapping (a read JSON file, or the copy a checkpoint holds).
+
+        Args:
+            data (dict[str, Any]): The fields; keys this version does not know are ignored.
+
+        Returns:
+            SplitManifest: The manifest.
+        """
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
