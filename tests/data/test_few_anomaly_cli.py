@@ -126,11 +126,12 @@ def test_test_and_predict_replay_the_training_split_from_its_manifest(tmp_path: 
     )  # fmt: skip
     assert image.name in {path.name for path in (tmp_path / "files").rglob("*.png")}
 
-    # Testing the checkpoint on another category (here: --data.category left at another value) is named.
+    # Testing the checkpoint on another category (the training command with another --data.category) is named.
     trees.make_mvtec(root, category="bottle", seed=1)
     other = run_anomalib(
         "test", *model, "--data", "anomalib_bgad.data.FewAnomalyMVTecAD", "--data.root", str(root),
-        "--data.category", "bottle", "--data.num_workers", "0", "--default_root_dir", str(tmp_path / "other"),
+        "--data.category", "bottle", "--data.n_anomalies", "3", "--data.seed", "4", "--data.num_workers", "0",
+        "--default_root_dir", str(tmp_path / "other"),
         cwd=tmp_path,
     )  # fmt: skip
     warning = " ".join((other.stdout + other.stderr).split())
