@@ -109,8 +109,12 @@ def test_replay_refuses_a_changed_dataset_or_split_argument(btad_root: Path, tmp
         FewAnomalyMVTecAD.from_manifest(manifest)
 
     # The user passes replay_manifest with other split args: refused with the differences, before any setup.
-    with pytest.raises(ValueError, match=r"was written for another split \(n_anomalies: manifest 2, datamodule 3\)"):
+    other_split = r"was written for another split \(n_anomalies: manifest 2, datamodule 3\)"
+    with pytest.raises(ValueError, match=other_split) as error:
         FewAnomalyBTAD(root=btad_root, category="01", n_anomalies=3, replay_manifest=manifest, **FAST)
+    # ... and both ways out: remove the argument (also from a --config file), or give it the manifest's value.
+    assert "from the command line and the --config file (CLI: --data.n_anomalies)" in str(error.value)
+    assert "set them to the manifest's values (CLI: --data.n_anomalies 2)" in str(error.value)
 
     # A test image removed from disk: the replay no longer reproduces the recorded lists.
     kept_test = [path for path in original.manifest.test_images if "/ok/" in path]

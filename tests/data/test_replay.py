@@ -71,7 +71,8 @@ def test_replay_refuses_conflicting_split_arguments_and_another_datamodule(tmp_p
     with pytest.raises(
         ValueError,
         match=r"was written for another split \(setting: manifest 'multi_class', datamodule 'one_class'; seed: "
-        r"manifest 7, datamodule 3\).*remove them \(CLI: --data\.setting, --data\.seed\)",
+        r"manifest 7, datamodule 3\).*remove them .*\(CLI: --data\.setting, --data\.seed\) or set them to the "
+        r"manifest's values \(CLI: --data\.setting multi_class --data\.seed 7\)",
     ):
         FewAnomalyMVTecAD(replay_manifest=manifest, seed=3, setting="one_class", **FAST)
     with pytest.raises(ValueError, match=r"written by anomalib_bgad\.data\.FewAnomalyMVTecAD, not by .*FewAnomalyBTAD"):
@@ -155,6 +156,7 @@ def test_a_checkpoint_of_another_category_or_split_warns_when_restored(
     assert "this run uses anomalib_bgad.data.FewAnomalyMVTecAD category 'bottle'" in other_category
     assert "--data.category cable" in other_category and f"checkpoint {checkpoint}" in other_category
     assert f"--data.replay_manifest {run / 'split_manifest.json'}" in other_category  # found next to the checkpoint
+    assert "The metrics of this run are not the model's on its test split" in other_category
     other_seed = restored_into(category="cable", n_anomalies=3, seed=2)
     assert "other known anomalies or test files, so known anomalies may be scored as test images" in other_seed
     assert restored_into(category="cable", n_anomalies=3, seed=1) == ""

@@ -420,7 +420,9 @@ class FewAnomalyDataModule(AnomalibDataModule):
         manifest = replay if replay is not None else "<the training run's split_manifest.json>"
         logger.warning(
             "This %s split differs from the one the model was trained on (%s): %s. Replay the training split with "
-            "replay_manifest (CLI: --data.replay_manifest %s).",
+            "replay_manifest (CLI: --data.replay_manifest %s; with a --config whose data values differ from the "
+            "manifest's, set those to the manifest's too). The metrics of this run are not the model's on its "
+            "test split.",
             self._setup_stage,
             where,
             difference,

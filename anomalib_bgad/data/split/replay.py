@@ -137,9 +137,12 @@ def replayed_arguments(
     if conflicts:
         listing = "; ".join(f"{key}: manifest {value!r}, datamodule {mine!r}" for key, value, mine in conflicts)
         options = ", ".join(f"--data.{key}" for key, _, _ in conflicts)
+        recorded_values = " ".join(f"--data.{key} {value}" for key, value, _ in conflicts)
         msg = (
             f"replay_manifest '{path}' was written for another split ({listing}). The manifest fixes these "
-            f"arguments: remove them (CLI: {options}) to replay its split, or remove replay_manifest to make a new one."
+            f"arguments: to replay its split, remove them from the command line and the --config file (CLI: "
+            f"{options}) or set them to the manifest's values (CLI: {recorded_values}); or remove replay_manifest "
+            "to make a new split."
         )
         raise ValueError(msg)
     if taken:
