@@ -33,7 +33,6 @@ Example:
 import importlib
 import inspect
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -290,6 +289,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
     def _setup(self, stage: str | None = None) -> None:
         """Parse with anomalib, validate every file, choose the known anomalies and hold them out of test."""
         self._setup_stage = str(getattr(stage, "value", stage)) if stage is not None else None
+        self._warned_other_split = False  # one warning per setup, though the run folder and the checkpoint both check
         self._check_location()
         self._check_layout()
         self.train_data, self.test_data = self._parse()
@@ -435,7 +435,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         Returns:
             dict[str, Any]: Empty before ``setup``.
         """
-        return {} if self.manifest is None else {"split_manifest": asdict(self.manifest)}
+        return {} if self.manifest is None else {"split_manifest": self.manifest.to_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Warn when a restored checkpoint was trained on another split (Lightning calls this after ``setup``).

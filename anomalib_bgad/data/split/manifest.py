@@ -113,7 +113,15 @@ class SplitManifest:
         Returns:
             str: JSON text.
         """
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a mapping of JSON values (what :meth:`from_dict` reads back).
+
+        Returns:
+            dict[str, Any]: One entry per field.
+        """
+        return asdict(self)
 
     def write(self, path: str | Path) -> Path:
         """Write the manifest (parent folders are created).
