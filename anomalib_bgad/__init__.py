@@ -5,7 +5,7 @@ Example:
     >>> model = Bgad()  # doctest: +SKIP
 """
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 
 
 def __getattr__(name: str):

@@ -113,6 +113,7 @@ def test_demo_config_trains_with_anomalies(
     (manifest,) = results.rglob("split_manifest.json")
     init_args = json.loads(manifest.read_text())["init_args"]
     assert (init_args["pseudo_anomaly_source"], init_args["pseudo_anomaly_ratio"]) == (source, ratio)
+    assert init_args["perlin_texture"] == "noise"
 
 
 def test_make_dataset_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -63,6 +63,30 @@ def test_partial_fibers_ignore_leaves_cells_touched_by_the_mask_out_of_the_norma
         label_fibers(features, finite, masks, partial_fibers="drop")
 
 
+def test_partial_fibers_coverage_labels_a_fiber_anomalous_only_where_the_mask_covers_half_its_cell(
+    model_and_features,
+) -> None:
+    _, features = model_and_features  # 64 px input: grids 16, 8 and 4 (cells of 4, 8 and 16 px)
+    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    masks = torch.zeros(2, 64, 64)
+    masks[1, 8:16, 4:12] = 1  # 8 x 8 px: four whole 4 px cells, half of two 8 px cells, a quarter of a 16 px cell
+    masks[1, 32:34, 32:64] = 1  # a 2 px line through the centre rows of the coarsest cells only
+    paper = label_fibers(features, finite, masks)
+    coverage = label_fibers(features, finite, masks, partial_fibers="coverage")
+    # 4 px cells: the box covers rows 2-3, columns 1-2 fully; the line covers half of row 8.
+    assert torch.nonzero(coverage.anomalous[0][1]).tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]] + [
+        [8, col] for col in range(8, 16)
+    ]
+    assert torch.nonzero(coverage.anomalous[1][1]).tolist() == [[1, 0], [1, 1]]  # half of each 8 px cell
+    assert int(coverage.anomalous[2].sum()) == 0  # nearest labels the line's 16 px cells anomalous; 1/8 covered
+    assert int(coverage.anomalous[1][1, 4].sum()) == 0  # the line covers a quarter of its 8 px cells
+    assert int(paper.anomalous[2][1].sum()) == 2
+    for level in range(3):
+        touched = F.adaptive_max_pool2d(masks[:, None], coverage.grids[level])[:, 0] > 0
+        assert torch.equal(coverage.normal[level], ~touched)
+        assert not (coverage.normal[level] & coverage.anomalous[level]).any()
+
+
 def test_step_loss_sums_the_levels_and_adds_the_boundary_terms_in_phase_2(model_and_features) -> None:
     model, features = model_and_features
     finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]

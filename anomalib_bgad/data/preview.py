@@ -95,6 +95,7 @@ def preview_pseudo_anomalies(
         num_smoothblend=counts[SMOOTHBLEND],
         num_perlin=counts[PERLIN],
         paste_in_foreground=datamodule._paste_in_foreground(),
+        perlin_texture=datamodule.perlin_texture,
     )
     if RPAG in parts and train_set.num_rpag == 0:
         msg = (

@@ -161,6 +161,7 @@ def test_every_declared_option_is_set_and_recorded_in_the_manifest(mvtec_root: P
         "pseudo_anomaly_ratio": 2.0,
         "pseudo_anomaly_count": 4,
         "repeat_anomalies": 2,
+        "perlin_texture": "normal_image",
         "train_on_anomalies": True,
         "paste_in_foreground": False,
     }

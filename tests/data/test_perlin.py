@@ -1,5 +1,6 @@
 """Perlin pseudo anomalies: determinism, exact masks, the caller's random state, sources and datamodule wiring."""
 
+import json
 import re
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_rpag_plus_perlin_in_training_keeps_the_rpag_samples(mvtec_root: Path) -
     def build(source: str) -> FewAnomalyMVTecAD:
         datamodule = FewAnomalyMVTecAD(
             root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_count=2, pseudo_anomaly_source=source,
-            num_workers=0, train_on_anomalies=True, paste_in_foreground=False,
+            num_workers=0, train_on_anomalies=True, paste_in_foreground=False, perlin_texture="normal_image",
         )  # fmt: skip
         datamodule.setup()
         return datamodule
@@ -176,3 +177,45 @@ def test_a_ratio_per_source_must_name_each_source(mvtec_root: Path, ratio: dict,
             root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_source="rpag+perlin",
             pseudo_anomaly_ratio=ratio, num_workers=0,
         )  # fmt: skip
+
+
+def test_the_noise_fill_uses_no_texture_and_shares_the_blobs_of_the_normal_image_fill() -> None:
+    image, texture = pair()
+    for seed in range(4):
+        out, mask = generate_perlin(image, None, np.random.default_rng(seed))
+        _, texture_mask = generate_perlin(image, texture, np.random.default_rng(seed))
+        assert torch.equal(mask, texture_mask)  # the fill changes what is inside the blobs, not where they are
+        assert torch.equal(out[:, ~mask], image[:, ~mask])
+        assert (out != image).any(0)[mask].float().mean() > 0.5
+        again, _ = generate_perlin(image, None, np.random.default_rng(seed))
+        assert torch.equal(out, again)
+
+
+def test_perlin_texture_reaches_the_training_samples_and_the_manifest(mvtec_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"perlin_texture must be one of \['normal_image', 'noise'\], got 'dtd'"):
+        FewAnomalyMVTecAD(root=mvtec_root, category="bottle", n_anomalies=3, perlin_texture="dtd", num_workers=0)
+
+    def build(perlin_texture: str) -> FewAnomalyMVTecAD:
+        datamodule = FewAnomalyMVTecAD(
+            root=mvtec_root, category="bottle", n_anomalies=3, pseudo_anomaly_count=2, pseudo_anomaly_source="perlin",
+            perlin_texture=perlin_texture, num_workers=0, train_on_anomalies=True, paste_in_foreground=False,
+        )  # fmt: skip
+        datamodule.setup()
+        return datamodule
+
+    noise, normal_image = build("noise"), build("normal_image")
+    for index in range(2):
+        image, mask, normal, source = noise.train_dataloader().dataset.generate(1, index)
+        other, other_mask, other_normal, other_source = normal_image.train_dataloader().dataset.generate(1, index)
+        assert source == normal == other_normal != other_source  # nothing but the normal image is read
+        assert torch.equal(mask, other_mask) and not torch.equal(image[:, mask], other[:, mask])
+        assert torch.equal(image[:, ~mask], read_image(normal)[:, ~mask])
+    assert FewAnomalyMVTecAD(root=mvtec_root, category="bottle", num_workers=0).perlin_texture == "noise"
+    manifest = normal_image.write_manifest(tmp_path)
+    replayed = FewAnomalyMVTecAD.from_manifest(manifest, num_workers=0)
+    assert replayed.perlin_texture == "normal_image"
+    # A manifest of 0.4.3 or older records no perlin_texture: its run filled the blobs with normal images.
+    recorded = json.loads(manifest.read_text())
+    del recorded["init_args"]["perlin_texture"]
+    manifest.write_text(json.dumps(recorded))
+    assert FewAnomalyMVTecAD.from_manifest(manifest, num_workers=0).perlin_texture == "normal_image"

@@ -11,11 +11,11 @@ side-by-side comparisons use identical test data; see ``train_on_anomalies``.
 
 Pseudo anomalies are added to every training epoch (``pseudo_anomaly_source``): ``"rpag"`` pastes
 augmented known anomalies on normal images (BGAD's RPAG), ``"smoothblend"`` blends a colour-jittered patch
-of a normal image back elsewhere in it (SPD's SmoothBlend), ``"perlin"`` blends another normal image's augmented
-texture into Perlin-noise blobs (DRAEM's); the last two need no known anomaly, so BGAD's phase 2 also runs with
-``n_anomalies=0``. Several join with ``+`` (``"rpag+perlin"``; ``"both"`` is ``"rpag+smoothblend"``). Each source
-makes ``pseudo_anomaly_ratio`` times the number of known anomalies per epoch, or ``pseudo_anomaly_count`` when that
-is set (so with ``n_anomalies=0`` SmoothBlend and Perlin need a count).
+of a normal image back elsewhere in it (SPD's SmoothBlend), ``"perlin"`` blends an augmented texture (the noise
+itself, or another normal image: ``perlin_texture``) into Perlin-noise blobs (DRAEM's); the last two need no known
+anomaly, so BGAD's phase 2 also runs with ``n_anomalies=0``. Several join with ``+`` (``"rpag+perlin"``; ``"both"``
+is ``"rpag+smoothblend"``). Each source makes ``pseudo_anomaly_ratio`` times the number of known anomalies per
+epoch, or ``pseudo_anomaly_count`` when that is set (so with ``n_anomalies=0`` SmoothBlend and Perlin need a count).
 
 The few-anomaly options are declared once, in :meth:`FewAnomalyDataModule.__init__`; the concrete classes put
 it in front of an anomalib datamodule (``class FewAnomalyMVTecAD(FewAnomalyDataModule, MVTecAD)``), which takes
@@ -110,6 +110,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
         pseudo_anomaly_count: int | None = None,
         repeat_anomalies: int = 5,
+        perlin_texture: str = "noise",
         train_on_anomalies: bool | None = None,
         paste_in_foreground: bool | None = None,
         num_workers: int | None = None,
@@ -134,7 +135,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
                 Defaults to ``0``.
             pseudo_anomaly_source (str): ``"rpag"``: augmented known anomalies pasted on normal images (BGAD).
                 ``"smoothblend"``: a colour-jittered patch of a normal image blended back elsewhere (SPD).
-                ``"perlin"``: another normal image's augmented texture blended into Perlin-noise blobs (DRAEM).
+                ``"perlin"``: an augmented texture blended into Perlin-noise blobs (DRAEM; ``perlin_texture``).
                 The last two need no known anomaly, so they work with ``n_anomalies=0`` and a
                 ``pseudo_anomaly_count``. Several joined by ``+`` (``"rpag+perlin"``; ``"both"`` =
                 ``"rpag+smoothblend"``): each source makes its own. Defaults to ``"rpag"``.
@@ -146,6 +147,10 @@ class FewAnomalyDataModule(AnomalibDataModule):
             repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``); ``0`` keeps the
                 known anomalies out of the training batches (they still leave the test set and still feed RPAG).
                 Defaults to ``5``.
+            perlin_texture (str): What fills the Perlin pseudo anomalies' blobs: ``"noise"`` (the Perlin noise
+                itself, augmented: anomalib's fill without an anomaly source; no surface has it) or
+                ``"normal_image"`` (another normal training image, augmented: on a texture often the same surface,
+                so a blob can look normal; the only fill before 0.4.4). Defaults to ``"noise"``.
             train_on_anomalies (bool | None): Put the known and pseudo anomalies in the training batches.
                 ``None``: only for models that declare ``trains_on_anomalies = True`` (anomalib's unsupervised
                 models train on normal images only). Defaults to ``None``.
@@ -672,6 +677,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             num_smoothblend=counts[SMOOTHBLEND],
             num_perlin=counts[PERLIN],
             paste_in_foreground=self._paste_in_foreground(),
+            perlin_texture=self.perlin_texture,
         )
         if self.repeat_anomalies == 0 and len(train_set.anomaly_rows):
             logger.info(

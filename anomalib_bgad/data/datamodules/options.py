@@ -21,6 +21,7 @@ import os
 import warnings
 from typing import Any
 
+from anomalib_bgad.data.pseudo_anomalies.perlin import check_perlin_texture
 from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, source_parts
 from anomalib_bgad.data.split.selection import Setting
 
@@ -179,9 +180,11 @@ def upgrade_init_args(init_args: dict[str, Any]) -> dict[str, Any]:
         init_args (dict[str, Any]): ``SplitManifest.init_args``.
 
     Returns:
-        dict[str, Any]: A copy with ``pseudo_anomalies`` and ``train_anomalies`` renamed.
+        dict[str, Any]: A copy with ``pseudo_anomalies`` and ``train_anomalies`` renamed, and ``perlin_texture``
+        ``"normal_image"`` where the manifest predates it (0.4.3 and older had no other fill).
     """
     args = dict(init_args)
+    args.setdefault("perlin_texture", "normal_image")  # the only Perlin fill before 0.4.4
     for old, new in RENAMED_INIT_ARGS.items():
         if old in args:
             args.setdefault(new, args.pop(old))
@@ -202,6 +205,7 @@ def check_options(
     pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
     pseudo_anomaly_count: int | None = None,
     repeat_anomalies: int = 5,
+    perlin_texture: str = "noise",
     num_workers: int = 0,
 ) -> None:
     """Check the few-anomaly options, alone and together.
@@ -217,6 +221,7 @@ def check_options(
         pseudo_anomaly_count (int | None): Pseudo anomalies per source and epoch, replacing the ratio.
             Defaults to ``None``.
         repeat_anomalies (int): Times each known anomaly appears per epoch. Defaults to ``5``.
+        perlin_texture (str): What fills the Perlin blobs, ``noise`` or ``normal_image``. Defaults to ``"noise"``.
         num_workers (int): Dataloader workers. Defaults to ``0``.
 
     Raises:
@@ -251,6 +256,7 @@ def check_options(
             "appears per epoch (0 keeps them out of the training batches; they still leave the test set)."
         )
         raise ValueError(msg)
+    check_perlin_texture(perlin_texture)
     if not _is_int(num_workers) or num_workers < 0:
         msg = f"num_workers must be an integer >= 0 (dataloader worker processes), got {num_workers!r}."
         raise ValueError(msg)

@@ -2,7 +2,7 @@
 
 * :mod:`.rpag`: BGAD's augmented cut-paste of a known anomaly onto a normal image;
 * :mod:`.smoothblend`: SPD's colour-jittered patch blended back into a normal image (needs no known anomaly);
-* :mod:`.perlin`: DRAEM's Perlin-noise blobs filled with another normal image's augmented texture (needs none);
+* :mod:`.perlin`: DRAEM's Perlin-noise blobs filled with an augmented texture, by default the noise itself (needs none);
 * :mod:`.foreground`: where on an object image to paste;
 * :mod:`.train_set`: the training set and sampler that add them to every epoch.
 """

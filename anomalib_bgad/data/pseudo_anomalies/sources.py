@@ -5,7 +5,7 @@ RPAG = "rpag"
 SMOOTHBLEND = "smoothblend"
 """SPD's blend of a colour-jittered patch of a normal image back into it (:mod:`.smoothblend`)."""
 PERLIN = "perlin"
-"""DRAEM's Perlin-noise blobs filled with another normal image's augmented texture (:mod:`.perlin`)."""
+"""DRAEM's Perlin-noise blobs filled with an augmented texture (:mod:`.perlin`, ``perlin_texture``)."""
 GENERATORS = (RPAG, SMOOTHBLEND, PERLIN)
 """Every generator, in the order a training epoch's pseudo indices take them."""
 BOTH = "both"
@@ -36,7 +36,7 @@ def source_parts(source: str) -> tuple[str, ...]:
             f"pseudo_anomaly_source must be one of {list(GENERATORS)} or several joined by '+' (e.g. 'rpag+perlin'; "
             f"'both' = 'rpag+smoothblend'), got {source!r} ({problem}; names are lower case): 'rpag' pastes "
             "augmented known anomalies on normal images, 'smoothblend' blends a colour-jittered patch of a normal "
-            "image back elsewhere, 'perlin' blends another normal image's augmented texture into Perlin-noise blobs "
+            "image back elsewhere, 'perlin' blends an augmented texture into Perlin-noise blobs "
             "(the last two need no known anomaly)."
         )
         raise ValueError(msg)

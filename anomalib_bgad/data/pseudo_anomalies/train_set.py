@@ -4,7 +4,7 @@
 anomalies, read by anomalib's dataset) and appends pseudo-anomaly indices: first ``num_rpag`` RPAG
 ones (a known anomaly pasted on a normal image, :mod:`.rpag`), then ``num_smoothblend`` SmoothBlend
 ones (a patch of a normal image blended back elsewhere, :mod:`.smoothblend`), then ``num_perlin`` Perlin
-ones (another normal image's augmented texture in Perlin-noise blobs, :mod:`.perlin`); the last two need
+ones (an augmented texture in Perlin-noise blobs, :mod:`.perlin`); the last two need
 no known anomaly.
 :class:`EpochSampler` yields ``(epoch, index)`` keys: normal images once, known anomalies
 ``repeat_anomalies`` times and every pseudo index once per epoch, shuffled by
@@ -36,7 +36,7 @@ from torchvision.tv_tensors import Mask
 
 from anomalib_bgad.data.image_io import MASK_RULE, read_image, read_mask
 from anomalib_bgad.data.pseudo_anomalies.foreground import compute_foreground
-from anomalib_bgad.data.pseudo_anomalies.perlin import generate_perlin
+from anomalib_bgad.data.pseudo_anomalies.perlin import check_perlin_texture, generate_perlin
 from anomalib_bgad.data.pseudo_anomalies.rpag import generate_pseudo_anomaly
 from anomalib_bgad.data.pseudo_anomalies.smoothblend import generate_smoothblend
 from anomalib_bgad.data.pseudo_anomalies.sources import PERLIN, RPAG, SMOOTHBLEND
@@ -59,6 +59,8 @@ class FewAnomalyTrainSet(Dataset):
         num_perlin (int): Perlin pseudo anomalies per epoch, after the SmoothBlend indices. Defaults to ``0``.
         paste_in_foreground (bool): Paste inside the normal image's foreground (object categories).
             Defaults to ``False``.
+        perlin_texture (str): What fills the Perlin blobs: ``"noise"`` or ``"normal_image"``
+            (:mod:`.perlin`). Defaults to ``"noise"``.
 
     Attributes:
         num_rpag (int): RPAG pseudo anomalies per epoch (0 without known anomalies or normal images).
@@ -67,7 +69,8 @@ class FewAnomalyTrainSet(Dataset):
         num_pseudo (int): All pseudo anomalies per epoch, ``num_rpag + num_smoothblend + num_perlin``.
 
     Raises:
-        ValueError: If ``num_rpag > 0`` and a known anomaly's mask marks no defect pixel (names the file).
+        ValueError: If ``num_rpag > 0`` and a known anomaly's mask marks no defect pixel (names the file), or
+            ``perlin_texture`` is not one of :data:`.perlin.PERLIN_TEXTURES`.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class FewAnomalyTrainSet(Dataset):
         num_smoothblend: int = 0,
         num_perlin: int = 0,
         paste_in_foreground: bool = False,
+        perlin_texture: str = "noise",
     ) -> None:
         super().__init__()
+        check_perlin_texture(perlin_texture)
         labels = base.samples.label_index.to_numpy()
         self.base = base
         self.normal_rows = np.flatnonzero(labels == LabelName.NORMAL)
@@ -96,6 +101,7 @@ class FewAnomalyTrainSet(Dataset):
         self.num_pseudo = num_rpag + num_smoothblend + num_perlin
         self.seed = seed
         self.paste_in_foreground = paste_in_foreground
+        self.perlin_texture = perlin_texture
 
     def _check_rpag_sources(self) -> None:
         """Every known anomaly RPAG may paste has a defect in its mask (the datamodule checks this at setup too)."""
@@ -159,7 +165,7 @@ class FewAnomalyTrainSet(Dataset):
         Returns:
             tuple[torch.Tensor, torch.Tensor, str, str]: Image ``(3, H, W)``, boolean mask ``(H, W)``,
             the normal image path and the source path (the known anomaly for RPAG, the normal image itself
-            for SmoothBlend, the texture's normal image for Perlin).
+            for SmoothBlend, the texture's normal image for Perlin, or the normal image itself with the noise fill).
         """
         source = self.source_of(pseudo_index)
         if source == SMOOTHBLEND:
@@ -193,7 +199,11 @@ class FewAnomalyTrainSet(Dataset):
         rows = rng.choice(self.normal_rows, size=min(2, len(self.normal_rows)), replace=False)
         normal, texture = samples.iloc[int(rows[0])], samples.iloc[int(rows[-1])]
         normal_image = read_image(normal.image_path).as_subclass(torch.Tensor)
-        texture_image = read_image(texture.image_path).as_subclass(torch.Tensor)
+        texture_image = None  # the noise fill; rows are drawn alike, so both fills share the blobs
+        if self.perlin_texture == "noise":
+            texture = normal
+        else:
+            texture_image = read_image(texture.image_path).as_subclass(torch.Tensor)
         image, mask = generate_perlin(normal_image, texture_image, rng, self._foreground(normal_image))
         return image, mask, str(normal.image_path), str(texture.image_path)
 

@@ -74,7 +74,24 @@ class LabeledFibers(NamedTuple):
     weights: list[torch.Tensor] | None = None
 
 
-PARTIAL_FIBERS = ("normal", "ignore")
+PARTIAL_FIBERS = ("normal", "ignore", "coverage")
+
+COVERAGE_LABEL_SHARE = 0.5
+"""Under ``partial_fibers="coverage"``: the share of its cell a mask must cover for a fiber to count as anomalous."""
+
+
+def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Share of each feature-level cell that the pixel masks cover (average pooling over the cell).
+
+    Args:
+        masks (torch.Tensor): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks.
+        size (tuple[int, int]): Feature map size ``(H_k, W_k)``.
+
+    Returns:
+        torch.Tensor: Float ``(B, H_k, W_k)`` in ``[0, 1]``.
+    """
+    masks = masks.reshape(masks.shape[0], 1, *masks.shape[-2:]).float()
+    return F.adaptive_avg_pool2d(masks, tuple(size))[:, 0]
 
 
 def check_partial_fibers(partial_fibers: str) -> None:
@@ -126,14 +143,17 @@ def label_fibers(
     A *partial* fiber's cell holds mask pixels, yet nearest downsampling labels it normal: the rim of a defect,
     or all of a defect smaller than the level's stride. The paper and the authors' code count it as normal, so
     the ML loss and the pull raise the likelihood of defect features there; ``"ignore"`` leaves it out of both
-    selections.
+    selections. Nearest downsampling also labels a cell anomalous when only its centre pixel is masked: for thin
+    or fragmented masks (cracks, Perlin blobs) most anomalous fibers of the coarse levels are then mostly normal
+    texture, pushed out by the push term. ``"coverage"`` labels by the share of the cell the mask covers: anomalous
+    from :data:`COVERAGE_LABEL_SHARE` up, normal at none, every other touched cell in neither selection.
 
     Args:
         features (list[torch.Tensor]): Per level, ``(B, C_k, H_k, W_k)``.
         finite (list[torch.Tensor]): Per level, boolean ``(B, H_k, W_k)``: fibers fit to train on (non-finite
             ones are in neither selection).
         masks (torch.Tensor | None): ``(B, H, W)`` or ``(B, 1, H, W)`` pixel masks; ``None`` means all normal.
-        partial_fibers (str): ``"normal"`` (paper) or ``"ignore"``. Defaults to ``"normal"``.
+        partial_fibers (str): ``"normal"`` (paper), ``"ignore"`` or ``"coverage"``. Defaults to ``"normal"``.
         border_weight (float): Loss weight of the fibers on each level's outermost ring of positions
             (:func:`border_weights`); ``1`` (paper) leaves ``weights`` ``None``. Defaults to ``1``.
 
@@ -152,6 +172,10 @@ def label_fibers(
     touched = known
     if partial_fibers == "ignore":
         touched = [downsample_mask(masks, grid, batch_size, any_pixel=True).to(device) for grid in grids]
+    elif partial_fibers == "coverage" and masks is not None:
+        coverage = [mask_coverage(masks, grid).to(device) for grid in grids]
+        known = [share >= COVERAGE_LABEL_SHARE for share in coverage]
+        touched = [share > 0 for share in coverage]
     normal = [~mask & ok for mask, ok in zip(touched, finite, strict=True)]
     anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
     weights = None if border_weight == 1 else [border_weights(grid, border_weight, device) for grid in grids]

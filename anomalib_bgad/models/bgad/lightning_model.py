@@ -91,9 +91,10 @@ class Bgad(TwoPhaseTraining):
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
         bgspp_weight (float): ``lambda``, weight of the BG-SPP loss. Defaults to ``1`` (paper).
         focal_weighting (bool): Authors' focal weighting of the loss terms. Defaults to ``False``.
-        partial_fibers (str): Training fibers whose cell is partly covered by a known or pseudo anomaly's mask but
-            that nearest downsampling labels normal: ``"normal"`` (paper) or ``"ignore"`` (in neither the normal
-            nor the anomalous selection; :func:`.fibers.label_fibers`). Defaults to ``"normal"``.
+        partial_fibers (str): Training fibers whose cell is partly covered by a known or pseudo anomaly's mask:
+            ``"normal"`` (paper: nearest downsampling labels them), ``"ignore"`` (those nearest labels normal are in
+            neither the normal nor the anomalous selection) or ``"coverage"`` (anomalous where the mask covers at
+            least half the cell, else in neither selection; :func:`.fibers.label_fibers`). Defaults to ``"normal"``.
         border_weight (float): Weight, in every loss term, of the training fibers on each level's outermost ring of
             positions relative to the others' (:func:`.fibers.border_weights`); finite and ``>= 0``. Defaults to
             ``1`` (paper: all fibers alike; model README, "Image borders").
