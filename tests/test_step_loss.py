@@ -24,9 +24,14 @@ def model_and_features() -> tuple[BgadModel, list[torch.Tensor]]:
     return model, features
 
 
+def all_finite(features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per level, a boolean ``(B, H_k, W_k)`` marking every fiber finite."""
+    return [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+
+
 def test_fibers_are_labeled_by_the_mask_and_non_finite_ones_by_neither(model_and_features) -> None:
     _, features = model_and_features
-    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    finite = all_finite(features)
     finite[0][0, 0, 0] = False
     masks = torch.zeros(2, 64, 64)
     masks[1, :32, :32] = 1  # the top-left quarter of the second image
@@ -46,7 +51,7 @@ def test_partial_fibers_ignore_leaves_cells_touched_by_the_mask_out_of_the_norma
     model_and_features,
 ) -> None:
     _, features = model_and_features  # 64 px input: grids 16, 8 and 4 (cells of 4, 8 and 16 px)
-    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    finite = all_finite(features)
     masks = torch.zeros(2, 64, 64)
     masks[1, 20:22, :] = 1  # a 2 px line: nearest downsampling misses it at the coarser levels
     paper = label_fibers(features, finite, masks)
@@ -67,12 +72,10 @@ def test_partial_fibers_coverage_labels_a_fiber_anomalous_only_where_the_mask_co
     model_and_features,
 ) -> None:
     _, features = model_and_features  # 64 px input: grids 16, 8 and 4 (cells of 4, 8 and 16 px)
-    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
     masks = torch.zeros(2, 64, 64)
     masks[1, 8:16, 4:12] = 1  # 8 x 8 px: four whole 4 px cells, half of two 8 px cells, a quarter of a 16 px cell
     masks[1, 32:34, 32:64] = 1  # a 2 px line through the centre rows of the coarsest cells only
-    paper = label_fibers(features, finite, masks)
-    coverage = label_fibers(features, finite, masks, partial_fibers="coverage")
+    paper, coverage = (label_fibers(features, all_finite(features), masks, rule) for rule in ("normal", "coverage"))
     # 4 px cells: the box covers rows 2-3, columns 1-2 fully; the line covers half of row 8.
     assert torch.nonzero(coverage.anomalous[0][1]).tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]] + [
         [8, col] for col in range(8, 16)
@@ -89,7 +92,7 @@ def test_partial_fibers_coverage_labels_a_fiber_anomalous_only_where_the_mask_co
 
 def test_step_loss_sums_the_levels_and_adds_the_boundary_terms_in_phase_2(model_and_features) -> None:
     model, features = model_and_features
-    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    finite = all_finite(features)
     masks = torch.zeros(2, 64, 64)
     masks[1, :32, :32] = 1
     fibers = label_fibers(features, finite, masks)
@@ -119,7 +122,7 @@ def test_step_loss_sums_the_levels_and_adds_the_boundary_terms_in_phase_2(model_
 
 def test_border_weight_weighs_each_levels_outermost_ring_in_the_ml_term(model_and_features) -> None:
     model, features = model_and_features  # 64 px input: grids 16, 8 and 4
-    finite = [torch.ones(level.shape[0], *level.shape[-2:], dtype=torch.bool) for level in features]
+    finite = all_finite(features)
     masks = torch.zeros(2, 64, 64)
     masks[1, :32, :32] = 1
     ring = border_weights((4, 4), 3.0, torch.device("cpu"))
