@@ -60,6 +60,7 @@ def _preview_pseudo(args: argparse.Namespace) -> None:
         category=args.category,
         n_anomalies=args.n_anomalies,
         seed=args.seed,
+        perlin_texture=args.perlin_texture,
         num_workers=0,
     )
     path = preview_pseudo_anomalies(datamodule, args.output, num_samples=args.n_samples, source=args.source)
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pseudo-anomaly source: rpag (pastes known anomalies), smoothblend or perlin (need none), or several "
         "joined by '+' (rpag+perlin; both = rpag+smoothblend); the grid then shows them in the order RPAG, "
         "SmoothBlend, Perlin, split as evenly as possible (default: %(default)s)",
+    )
+    preview.add_argument(
+        "--perlin-texture",
+        choices=("noise", "normal_image"),  # perlin.PERLIN_TEXTURES (not imported: the CLI starts without anomalib)
+        default="noise",
+        help="what fills the Perlin blobs: noise (the Perlin noise itself, anomalib's fill without an anomaly "
+        "source) or normal_image (another normal training image) (default: %(default)s)",
     )
     preview.add_argument(
         "--output", type=Path, default=Path("results/pseudo_anomalies.png"), help="PNG file (default: %(default)s)"

@@ -226,6 +226,16 @@ def test_preview_pseudo_command(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     # Perlin joins RPAG with '+'; a source that names no generator is a usage error before any image is read.
     assert bgad_main([*args, "--source", "rpag+perlin", "--n-samples", "4", "--output", str(tmp_path / "rp.png")]) == 0
     assert (tmp_path / "rp.png").read_bytes() not in {output.read_bytes(), (tmp_path / "blend.png").read_bytes()}
+    # The fill of the Perlin blobs: the noise by default; the normal-image fill draws another grid.
+    normal_fill = [*args, "--source", "rpag+perlin", "--n-samples", "4", "--perlin-texture", "normal_image"]
+    assert bgad_main([*normal_fill, "--output", str(tmp_path / "rp_normal.png")]) == 0
+    assert (tmp_path / "rp_normal.png").read_bytes() != (tmp_path / "rp.png").read_bytes()
+    from anomalib_bgad.cli import build_parser
+    from anomalib_bgad.data.pseudo_anomalies.perlin import PERLIN_TEXTURES
+
+    preview = build_parser()._subparsers._group_actions[0].choices["preview-pseudo"]
+    (texture,) = [action for action in preview._actions if action.dest == "perlin_texture"]
+    assert set(texture.choices) == set(PERLIN_TEXTURES)
     with pytest.raises(SystemExit) as error:
         bgad_main([*args, "--source", "rpag+cutpaste", "--output", str(tmp_path / "typo.png")])
     assert error.value.code == 2 and not (tmp_path / "typo.png").exists()
