@@ -97,7 +97,7 @@ def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def check_partial_fibers(partial_fibers: str) -> None:
     """Raise ``ValueError`` naming the argument unless ``partial_fibers`` is one of :data:`PARTIAL_FIBERS`."""
     if partial_fibers not in PARTIAL_FIBERS:
-        msg = f"partial_fibers must be one of {list(PARTIAL_FIBERS)}, got {partial_fibers!r} (model README: Fiber labels)."
+        msg = f"partial_fibers must be one of {list(PARTIAL_FIBERS)}, got {partial_fibers!r} (model README)."
         raise ValueError(msg)
 
 
