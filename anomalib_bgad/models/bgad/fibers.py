@@ -168,14 +168,15 @@ def label_fibers(
     check_border_weight(border_weight)
     grids = [tuple(level.shape[-2:]) for level in features]
     device, batch_size = features[0].device, features[0].shape[0]
-    known = [downsample_mask(masks, grid, batch_size).to(device) for grid in grids]
-    touched = known
-    if partial_fibers == "ignore":
-        touched = [downsample_mask(masks, grid, batch_size, any_pixel=True).to(device) for grid in grids]
-    elif partial_fibers == "coverage" and masks is not None:
+    if partial_fibers == "coverage" and masks is not None:
         coverage = [mask_coverage(masks, grid).to(device) for grid in grids]
         known = [share >= COVERAGE_LABEL_SHARE for share in coverage]
         touched = [share > 0 for share in coverage]
+    else:
+        known = [downsample_mask(masks, grid, batch_size).to(device) for grid in grids]
+        touched = known
+        if partial_fibers == "ignore":
+            touched = [downsample_mask(masks, grid, batch_size, any_pixel=True).to(device) for grid in grids]
     normal = [~mask & ok for mask, ok in zip(touched, finite, strict=True)]
     anomalous = [mask & ok for mask, ok in zip(known, finite, strict=True)]
     weights = None if border_weight == 1 else [border_weights(grid, border_weight, device) for grid in grids]
