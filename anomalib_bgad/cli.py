@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument(
         "--perlin-texture",
         choices=("noise", "normal_image"),  # perlin.PERLIN_TEXTURES (not imported: the CLI starts without anomalib)
-        default="noise",
+        default="noise",  # perlin.DEFAULT_PERLIN_TEXTURE
         help="what fills the Perlin blobs: noise (the Perlin noise itself, anomalib's fill without an anomaly "
         "source) or normal_image (another normal training image) (default: %(default)s)",
     )

@@ -231,11 +231,11 @@ def test_preview_pseudo_command(tiny_mvtec_root: Path, tmp_path: Path) -> None:
     assert bgad_main([*normal_fill, "--output", str(tmp_path / "rp_normal.png")]) == 0
     assert (tmp_path / "rp_normal.png").read_bytes() != (tmp_path / "rp.png").read_bytes()
     from anomalib_bgad.cli import build_parser
-    from anomalib_bgad.data.pseudo_anomalies.perlin import PERLIN_TEXTURES
+    from anomalib_bgad.data.pseudo_anomalies.perlin import DEFAULT_PERLIN_TEXTURE, PERLIN_TEXTURES
 
     preview = build_parser()._subparsers._group_actions[0].choices["preview-pseudo"]
     (texture,) = [action for action in preview._actions if action.dest == "perlin_texture"]
-    assert set(texture.choices) == set(PERLIN_TEXTURES)
+    assert set(texture.choices) == set(PERLIN_TEXTURES) and texture.default == DEFAULT_PERLIN_TEXTURE
     with pytest.raises(SystemExit) as error:
         bgad_main([*args, "--source", "rpag+cutpaste", "--output", str(tmp_path / "typo.png")])
     assert error.value.code == 2 and not (tmp_path / "typo.png").exists()

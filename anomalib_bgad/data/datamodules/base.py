@@ -52,6 +52,7 @@ from anomalib_bgad.data.datamodules.options import (
     upgrade_init_args,
 )
 from anomalib_bgad.data.image_io import MASK_RULE
+from anomalib_bgad.data.pseudo_anomalies.perlin import DEFAULT_PERLIN_TEXTURE
 from anomalib_bgad.data.pseudo_anomalies.sources import GENERATORS, PERLIN, RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
 from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
@@ -110,7 +111,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
         pseudo_anomaly_count: int | None = None,
         repeat_anomalies: int = 5,
-        perlin_texture: str = "noise",
+        perlin_texture: str = DEFAULT_PERLIN_TEXTURE,
         train_on_anomalies: bool | None = None,
         paste_in_foreground: bool | None = None,
         num_workers: int | None = None,

@@ -21,7 +21,7 @@ import os
 import warnings
 from typing import Any
 
-from anomalib_bgad.data.pseudo_anomalies.perlin import check_perlin_texture
+from anomalib_bgad.data.pseudo_anomalies.perlin import DEFAULT_PERLIN_TEXTURE, check_perlin_texture
 from anomalib_bgad.data.pseudo_anomalies.sources import RPAG, source_parts
 from anomalib_bgad.data.split.selection import Setting
 
@@ -205,7 +205,7 @@ def check_options(
     pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
     pseudo_anomaly_count: int | None = None,
     repeat_anomalies: int = 5,
-    perlin_texture: str = "noise",
+    perlin_texture: str = DEFAULT_PERLIN_TEXTURE,
     num_workers: int = 0,
 ) -> None:
     """Check the few-anomaly options, alone and together.

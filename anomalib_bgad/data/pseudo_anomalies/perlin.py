@@ -44,6 +44,8 @@ THRESHOLD = 0.5
 BLEND = (0.2, 1.0)
 PERLIN_TEXTURES = ("normal_image", "noise")
 """Values of ``perlin_texture``: what fills the blobs (module docstring)."""
+DEFAULT_PERLIN_TEXTURE = "noise"
+"""Default ``perlin_texture`` since 0.4.4 (``"normal_image"`` before)."""
 NOISE_FILL = (0.5, 0.25)
 """Scale and offset of the noise fill: ``0.5 * noise + 0.25`` (anomalib's, without an anomaly source)."""
 MIN_SHARE = 0.005

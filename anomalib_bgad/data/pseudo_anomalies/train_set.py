@@ -36,7 +36,7 @@ from torchvision.tv_tensors import Mask
 
 from anomalib_bgad.data.image_io import MASK_RULE, read_image, read_mask
 from anomalib_bgad.data.pseudo_anomalies.foreground import compute_foreground
-from anomalib_bgad.data.pseudo_anomalies.perlin import check_perlin_texture, generate_perlin
+from anomalib_bgad.data.pseudo_anomalies.perlin import DEFAULT_PERLIN_TEXTURE, check_perlin_texture, generate_perlin
 from anomalib_bgad.data.pseudo_anomalies.rpag import generate_pseudo_anomaly
 from anomalib_bgad.data.pseudo_anomalies.smoothblend import generate_smoothblend
 from anomalib_bgad.data.pseudo_anomalies.sources import PERLIN, RPAG, SMOOTHBLEND
@@ -81,7 +81,7 @@ class FewAnomalyTrainSet(Dataset):
         num_smoothblend: int = 0,
         num_perlin: int = 0,
         paste_in_foreground: bool = False,
-        perlin_texture: str = "noise",
+        perlin_texture: str = DEFAULT_PERLIN_TEXTURE,
     ) -> None:
         super().__init__()
         check_perlin_texture(perlin_texture)
