@@ -5,7 +5,7 @@ Example:
     >>> model = Bgad()  # doctest: +SKIP
 """
 
-__version__ = "0.4.4"
+__version__ = "0.4.5"
 
 
 def __getattr__(name: str):

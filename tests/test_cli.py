@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -157,23 +158,33 @@ def test_install_weights_command(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().out
 
 
-# Parses each config with anomalib's own CLI class, ``anomalib train --config X --print_config``, in one process
-# (one library import instead of one per config); prints one JSON line per config.
-_PARSE_CONFIGS = """
+# Runs anomalib's own CLI class on each argument list (argv[1]: a JSON list of lists) in one process, one library
+# import instead of one per run; prints one JSON line per run with its exit code and output. An exception that
+# escapes the CLI (anomalib's own ``anomalib`` command prints it as a traceback) gives code 1.
+_RUN_CLI = """
 import contextlib, io, json, sys, traceback
 from anomalib.cli import AnomalibCLI
-for config in sys.argv[1:]:
+for args in json.loads(sys.argv[1]):
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            AnomalibCLI(args=["train", "--config", config, "--print_config"])
+            AnomalibCLI(args=args)
         except SystemExit as exit_:
             code = exit_.code or 0
         except Exception:
             code = 1
             traceback.print_exc()
-    print(json.dumps({"config": config, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}))
+    print(json.dumps({"args": args, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}))
 """
+
+
+def _run_cli(run_offline, arg_lists: list[list[str]]) -> list[dict]:
+    """Run anomalib's CLI on each of ``arg_lists`` in one process; per run its ``code``, ``stdout`` and ``stderr``."""
+    result = run_offline([sys.executable, "-c", _RUN_CLI, json.dumps(arg_lists)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"args"')]
+    assert [run["args"] for run in runs] == arg_lists
+    return runs
 
 
 @pytest.mark.slow
@@ -186,14 +197,40 @@ def test_configs_parse(run_offline) -> None:
         assert class_paths, config.name
         # A short name would resolve here from what an earlier config imported, and not in a user's fresh process.
         assert all("." in path for path in class_paths), f"{config.name}: {class_paths}"
-    result = run_offline([sys.executable, "-c", _PARSE_CONFIGS, *map(str, configs)], timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    parsed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"config"')]
-    assert [entry["config"] for entry in parsed] == [str(config) for config in configs]
-    for entry in parsed:
-        name = Path(entry["config"]).name
-        assert entry["code"] == 0, f"{name}: {entry['stderr'][-2000:]}"
-        assert "seed_everything: 0" in entry["stdout"], name
+    runs = _run_cli(run_offline, [["train", "--config", str(config), "--print_config"] for config in configs])
+    for config, run in zip(configs, runs, strict=True):
+        assert run["code"] == 0, f"{config.name}: {run['stderr'][-2000:]}"
+        assert "seed_everything: 0" in run["stdout"], config.name
+
+
+@pytest.mark.slow
+def test_a_choice_outside_its_values_stops_the_cli_at_parsing(run_offline, tmp_path: Path) -> None:
+    """A misspelt choice of a ``--model.*`` or few-anomaly ``--data.*`` option stops ``anomalib train`` at parsing:
+    exit code 2 and a few lines naming the option and its values, not a traceback from building the classes."""
+    from anomalib_bgad.data.pseudo_anomalies.perlin import PerlinTexture
+    from anomalib_bgad.models.bgad.anomaly_map import LevelAggregation
+    from anomalib_bgad.models.bgad.fibers import PartialFibers
+    from anomalib_bgad.models.bgad.loss import LossMode, LossModeName
+    from anomalib_bgad.models.bgad.schedule import LrSchedule
+
+    assert get_args(LossModeName) == tuple(mode.value for mode in LossMode)
+    data = ["--data", "anomalib_bgad.data.FewAnomalyMVTecAD", "--data.root", str(tmp_path)]
+    wrong = {
+        "model.loss_mode": ("focal", LossModeName),
+        "model.lr_schedule": ("step", LrSchedule),
+        "model.partial_fibers": ("majority", PartialFibers),
+        "model.level_aggregation": ("sum", LevelAggregation),
+        "data.perlin_texture": ("dtd", PerlinTexture),
+    }
+    arg_lists = [
+        ["train", "--model", "anomalib_bgad.Bgad", *data, f"--{option}", value] for option, (value, _) in wrong.items()
+    ]
+    for (option, (value, choices)), run in zip(wrong.items(), _run_cli(run_offline, arg_lists), strict=True):
+        assert run["code"] == 2, f"{option}: {run['stderr'][-2000:]}"
+        assert "Traceback" not in run["stderr"], option
+        message = " ".join(run["stderr"].split())
+        assert f'Parser key "{option.split(".")[1]}"' in message, message
+        assert f"Expected a {choices}. Got value: {value}" in message, message
 
 
 def test_demo_table_format() -> None:

@@ -52,7 +52,7 @@ from anomalib_bgad.data.datamodules.options import (
     upgrade_init_args,
 )
 from anomalib_bgad.data.image_io import MASK_RULE
-from anomalib_bgad.data.pseudo_anomalies.perlin import DEFAULT_PERLIN_TEXTURE
+from anomalib_bgad.data.pseudo_anomalies.perlin import DEFAULT_PERLIN_TEXTURE, PerlinTexture
 from anomalib_bgad.data.pseudo_anomalies.sources import GENERATORS, PERLIN, RPAG, SMOOTHBLEND, source_parts
 from anomalib_bgad.data.pseudo_anomalies.train_set import EpochSampler, FewAnomalyTrainSet
 from anomalib_bgad.data.split.manifest import MANIFEST_FILENAME, SplitManifest, json_value, relative_path
@@ -111,7 +111,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
         pseudo_anomaly_ratio: float | dict[str, float] = DEFAULT_PSEUDO_ANOMALY_RATIO,
         pseudo_anomaly_count: int | None = None,
         repeat_anomalies: int = 5,
-        perlin_texture: str = DEFAULT_PERLIN_TEXTURE,
+        perlin_texture: PerlinTexture = DEFAULT_PERLIN_TEXTURE,
         train_on_anomalies: bool | None = None,
         paste_in_foreground: bool | None = None,
         num_workers: int | None = None,
@@ -148,7 +148,7 @@ class FewAnomalyDataModule(AnomalibDataModule):
             repeat_anomalies (int): Times each known anomaly appears per epoch (authors: ``5``); ``0`` keeps the
                 known anomalies out of the training batches (they still leave the test set and still feed RPAG).
                 Defaults to ``5``.
-            perlin_texture (str): What fills the Perlin pseudo anomalies' blobs: ``"noise"`` (the Perlin noise
+            perlin_texture (PerlinTexture): What fills the Perlin pseudo anomalies' blobs: ``"noise"`` (the Perlin noise
                 itself, augmented: anomalib's fill without an anomaly source; no surface has it) or
                 ``"normal_image"`` (another normal training image, augmented: on a texture often the same surface,
                 so a blob can look normal; the only fill before 0.4.4). Defaults to ``"noise"``.

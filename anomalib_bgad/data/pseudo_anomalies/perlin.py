@@ -35,6 +35,8 @@ Example:
     (True, True)
 """
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator, generate_perlin_noise
@@ -42,9 +44,11 @@ from torchvision.transforms.v2 import functional as tvf
 
 THRESHOLD = 0.5
 BLEND = (0.2, 1.0)
-PERLIN_TEXTURES = ("normal_image", "noise")
-"""Values of ``perlin_texture``: what fills the blobs (module docstring)."""
-DEFAULT_PERLIN_TEXTURE = "noise"
+PerlinTexture = Literal["normal_image", "noise"]
+"""Values of ``perlin_texture``: what fills the blobs (module docstring); a ``Literal``, so that anomalib's CLI
+rejects any other at parsing."""
+PERLIN_TEXTURES = get_args(PerlinTexture)
+DEFAULT_PERLIN_TEXTURE: PerlinTexture = "noise"
 """Default ``perlin_texture`` since 0.4.4 (``"normal_image"`` before)."""
 NOISE_FILL = (0.5, 0.25)
 """Scale and offset of the noise fill: ``0.5 * noise + 0.25`` (anomalib's, without an anomaly source)."""

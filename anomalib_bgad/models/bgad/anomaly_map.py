@@ -26,6 +26,7 @@ anomalib's CFLOW, which normalises by the batch maximum). The smoothing is anoma
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -34,7 +35,9 @@ from torch import nn
 
 from .boundary import Boundary
 
-LEVEL_AGGREGATIONS = ("mean", "max", "probability")
+LevelAggregation = Literal["mean", "max", "probability"]
+"""Values of ``level_aggregation`` (a ``Literal``, so that anomalib's CLI rejects any other at parsing)."""
+LEVEL_AGGREGATIONS = get_args(LevelAggregation)
 
 
 class AnomalyMapGenerator(nn.Module):
@@ -43,7 +46,7 @@ class AnomalyMapGenerator(nn.Module):
     Args:
         sigma (float): Standard deviation of the Gaussian smoothing, in pixels of the input image.
             ``0`` disables smoothing. Defaults to ``4``.
-        level_aggregation (str): How the upsampled per-level distances ``d_k = b_n,k - ln_k`` combine:
+        level_aggregation (LevelAggregation): How the upsampled per-level distances ``d_k = b_n,k - ln_k`` combine:
             ``"mean"`` (default), ``"max"``, or ``"probability"``: the mean of ``1 - exp(-alpha * max(d_k, 0))``,
             the authors' likelihood-ratio aggregation (per level ``exp(l)``, summed, subtracted from a constant)
             taken relative to each level's boundary instead of the test set's maximum, so it stays per image.
@@ -52,7 +55,7 @@ class AnomalyMapGenerator(nn.Module):
         ValueError: For an unknown ``level_aggregation``.
     """
 
-    def __init__(self, sigma: float = 4.0, level_aggregation: str = "mean") -> None:
+    def __init__(self, sigma: float = 4.0, level_aggregation: LevelAggregation = "mean") -> None:
         super().__init__()
         if level_aggregation not in LEVEL_AGGREGATIONS:
             msg = f"level_aggregation must be one of {', '.join(LEVEL_AGGREGATIONS)}; got {level_aggregation!r}."

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -74,7 +74,9 @@ class LabeledFibers(NamedTuple):
     weights: list[torch.Tensor] | None = None
 
 
-PARTIAL_FIBERS = ("normal", "ignore", "coverage")
+PartialFibers = Literal["normal", "ignore", "coverage"]
+"""Values of ``partial_fibers`` (a ``Literal``, so that anomalib's CLI rejects any other at parsing)."""
+PARTIAL_FIBERS = get_args(PartialFibers)
 
 COVERAGE_LABEL_SHARE = 0.5
 """Under ``partial_fibers="coverage"``: the share of its cell a mask must cover for a fiber to count as anomalous."""

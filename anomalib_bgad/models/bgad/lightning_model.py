@@ -50,16 +50,17 @@ from anomalib_bgad.export_logs import quiet_export_logs
 from anomalib_bgad.visualizer import ScoredImageVisualizer
 
 from . import checkpoint, numerics
+from .anomaly_map import LevelAggregation
 from .boundary_plot import BoundaryHistogram
 from .epoch_record import EpochRecord
 from .feature_cache import FeatureCache
 from .feature_extractor import EvalModeWarningFilter
-from .fibers import check_border_weight, check_partial_fibers
+from .fibers import PartialFibers, check_border_weight, check_partial_fibers
 from .image_score import DEFAULT_TOP_SHARE
-from .loss import BgadLoss
+from .loss import BgadLoss, LossModeName
 from .numerics import NonFiniteTrainingError
 from .pre_processor import configure_pre_processor as configure_bgad_pre_processor
-from .schedule import apply_default_epochs, check_schedule, warn_if_phase2_never_starts
+from .schedule import LrSchedule, apply_default_epochs, check_schedule, warn_if_phase2_never_starts
 from .torch_model import BgadModel
 from .training_loop import TwoPhaseTraining
 
@@ -75,12 +76,12 @@ class Bgad(TwoPhaseTraining):
             Hugging Face cache).
         layers (Sequence[int]): timm ``out_indices`` of the feature levels. Defaults to ``[1, 2, 3]``.
         pre_trained (bool): Load ImageNet weights for the backbone. Defaults to ``True``.
-        loss_mode (str): ``"bgad"`` (full method), ``"nfad"`` (ML only, no anomalies), ``"bgad_wo"`` (ML + normal
-            pull, no anomalies) or ``"bgad_dagger"`` (unbounded push). Defaults to ``"bgad"``.
+        loss_mode (LossModeName): ``"bgad"`` (full method), ``"nfad"`` (ML only, no anomalies), ``"bgad_wo"``
+            (ML + normal pull, no anomalies) or ``"bgad_dagger"`` (unbounded push). Defaults to ``"bgad"``.
         phase1_epochs (int): Epochs of phase 1 (normal images, ML loss) before phase 2. Defaults to ``1``.
         learning_rate (float): Adam's peak (``one_cycle``) or initial (``cosine``) learning rate.
             Defaults to ``1e-3``.
-        lr_schedule (str): ``"one_cycle"`` (warm-up then cosine decay, per batch, for short budgets) or
+        lr_schedule (LrSchedule): ``"one_cycle"`` (warm-up then cosine decay, per batch, for short budgets) or
             ``"cosine"`` (the authors' per-epoch decay; with ``learning_rate=2e-4`` the paper protocol). Defaults to
             ``"one_cycle"``.
         fiber_batch_size (int): Fibers of the finest level per optimiser step (coarser levels contribute the same
@@ -91,10 +92,11 @@ class Bgad(TwoPhaseTraining):
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
         bgspp_weight (float): ``lambda``, weight of the BG-SPP loss. Defaults to ``1`` (paper).
         focal_weighting (bool): Authors' focal weighting of the loss terms. Defaults to ``False``.
-        partial_fibers (str): Training fibers whose cell is partly covered by a known or pseudo anomaly's mask:
-            ``"normal"`` (paper: nearest downsampling labels them), ``"ignore"`` (those nearest labels normal are in
-            neither the normal nor the anomalous selection) or ``"coverage"`` (anomalous where the mask covers at
-            least half the cell, else in neither selection; :func:`.fibers.label_fibers`). Defaults to ``"normal"``.
+        partial_fibers (PartialFibers): Training fibers whose cell is partly covered by a known or pseudo anomaly's
+            mask: ``"normal"`` (paper: nearest downsampling labels them), ``"ignore"`` (those nearest labels normal
+            are in neither the normal nor the anomalous selection) or ``"coverage"`` (anomalous where the mask covers
+            at least half the cell, else in neither selection; :func:`.fibers.label_fibers`). Defaults to
+            ``"normal"``.
         border_weight (float): Weight, in every loss term, of the training fibers on each level's outermost ring of
             positions relative to the others' (:func:`.fibers.border_weights`); finite and ``>= 0``. Defaults to
             ``1`` (paper: all fibers alike; model README, "Image borders").
@@ -103,7 +105,7 @@ class Bgad(TwoPhaseTraining):
         clamp_alpha (float): Affine clamping. Defaults to ``1.9``.
         permute_soft (bool): Soft permutations in the flows. Defaults to ``True``.
         sigma (float): Gaussian smoothing of the anomaly map (pixels); 0 disables. Defaults to ``4``.
-        level_aggregation (str): How the levels combine in the anomaly map: ``"mean"``, ``"max"`` or
+        level_aggregation (LevelAggregation): How the levels combine in the anomaly map: ``"mean"``, ``"max"`` or
             ``"probability"`` (:mod:`.anomaly_map`). Scoring only: any value loads any checkpoint. Defaults to
             ``"mean"``.
         border_padding (int): Pixels of reflection padding around the image before the backbone; the feature maps
@@ -141,24 +143,24 @@ class Bgad(TwoPhaseTraining):
         backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[int] = (1, 2, 3),
         pre_trained: bool = True,
-        loss_mode: str = "bgad",
+        loss_mode: LossModeName = "bgad",
         phase1_epochs: int = 1,
         learning_rate: float = 1e-3,
-        lr_schedule: str = "one_cycle",
+        lr_schedule: LrSchedule = "one_cycle",
         fiber_batch_size: int = 4096,
         beta: float = 0.01,
         tau: float = 0.1,
         normalizer: float = 10.0,
         bgspp_weight: float = 1.0,
         focal_weighting: bool = False,
-        partial_fibers: str = "normal",
+        partial_fibers: PartialFibers = "normal",
         border_weight: float = 1.0,
         condition_vector: int = 128,
         coupling_blocks: int = 8,
         clamp_alpha: float = 1.9,
         permute_soft: bool = True,
         sigma: float = 4.0,
-        level_aggregation: str = "mean",
+        level_aggregation: LevelAggregation = "mean",
         border_padding: int = 32,
         image_score_top_share: float = DEFAULT_TOP_SHARE,
         gradient_clip_norm: float = 1.0,

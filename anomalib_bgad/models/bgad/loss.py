@@ -12,7 +12,7 @@ Every mean over a selection that may be empty returns 0, never NaN, and nothing 
 from __future__ import annotations
 
 from enum import Enum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -43,6 +43,11 @@ class LossMode(str, Enum):
     def uses_boundary(self) -> bool:
         """Whether the objective has boundary (pull/push) terms."""
         return self is not LossMode.NFAD
+
+
+LossModeName = Literal["bgad", "nfad", "bgad_wo", "bgad_dagger"]
+"""The values of :class:`LossMode`, as the type of ``Bgad``'s ``loss_mode``: a ``Literal``, so that anomalib's CLI
+rejects any other at parsing."""
 
 
 class LossTerms(NamedTuple):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch.optim import Adam, Optimizer
@@ -25,7 +25,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
 logger = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("one_cycle", "cosine")
+LrSchedule = Literal["one_cycle", "cosine"]
+"""Values of ``lr_schedule`` (a ``Literal``, so that anomalib's CLI rejects any other at parsing)."""
+LR_SCHEDULES = get_args(LrSchedule)
 # Epochs when the trainer's limit is Lightning's fallback for "not set" (1000): see apply_default_epochs.
 DEFAULT_MAX_EPOCHS = 30
 LIGHTNING_FALLBACK_EPOCHS = 1000

@@ -27,7 +27,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from .anomaly_map import AnomalyMapGenerator
+from .anomaly_map import AnomalyMapGenerator, LevelAggregation
 from .boundary import Boundary, map_legacy_state
 from .cuda_graphs import GraphedFlows
 from .feature_extractor import FrozenFeatureExtractor
@@ -53,8 +53,8 @@ class BgadModel(nn.Module):
         tau (float): Margin ``b_n - b_a``. Defaults to ``0.1`` (paper).
         normalizer (float): ``alpha`` in ``ln = l / alpha``. Defaults to ``10`` (paper).
         sigma (float): Gaussian smoothing of the anomaly map, in pixels; 0 disables. Defaults to ``4``.
-        level_aggregation (str): How the levels' distances combine in the anomaly map (:mod:`.anomaly_map`).
-            Defaults to ``"mean"``.
+        level_aggregation (LevelAggregation): How the levels' distances combine in the anomaly map
+            (:mod:`.anomaly_map`). Defaults to ``"mean"``.
         border_padding (int): Reflection padding of the image before the backbone, in pixels
             (:class:`.feature_extractor.FrozenFeatureExtractor`); must be smaller than the image. Defaults to ``32``
             (not in the paper: it removes the backbone's zero-padding frame at the image border, model README).
@@ -81,7 +81,7 @@ class BgadModel(nn.Module):
         tau: float = 0.1,
         normalizer: float = 10.0,
         sigma: float = 4.0,
-        level_aggregation: str = "mean",
+        level_aggregation: LevelAggregation = "mean",
         border_padding: int = 32,
         image_score_top_share: float = DEFAULT_TOP_SHARE,
     ) -> None:
